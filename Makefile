@@ -1,0 +1,32 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export PREFECT_PROFILES_PATH := $(CURDIR)/profiles/profiles.toml
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install demo test ui clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# CPU torch first: any other spec pulls a multi-GB CUDA build (GPU users: see README).
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/tuneloop demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+ui: $(STAMP)
+	PREFECT_HOME=$(CURDIR)/.tuneloop/prefect $(BIN)/prefect server start --port 4200
+
+clean:
+	rm -rf $(VENV) .tuneloop .pytest_cache

@@ -1,0 +1,58 @@
+"""retrain: validate → train → evaluate candidate and incumbent on the same items → decide → move aliases."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from tasks.data import prepare_base_model, validate_dataset
+from tasks.evaluation import decide_promotion, evaluate_adapter
+from tasks.registry import apply_decision, publish_report, register_candidate
+from tasks.training import train_adapter
+from tuneloop.registry import open_registry
+from tuneloop.specs import RetrainSpec
+
+
+@flow(name="retrain")
+def retrain(spec: RetrainSpec) -> dict:
+    logger = get_run_logger()
+    base = prepare_base_model(spec.base_model)
+    dataset = validate_dataset(spec, base)  # raises before anything is written if the data is bad
+
+    champion = open_registry().champion()
+    trained = train_adapter(spec, base, dataset)
+    candidate = evaluate_adapter(spec, base, trained.adapter_dir, dataset.eval_rows, "candidate")
+    if champion is None:
+        incumbent = evaluate_adapter(spec, base, None, dataset.eval_rows, "base")
+    else:
+        champion_base = prepare_base_model(champion.manifest["base_model"])
+        incumbent = evaluate_adapter(spec, champion_base, champion.adapter_dir, dataset.eval_rows,
+                                     f"champion {champion.id}")
+    decision = decide_promotion(candidate, incumbent, spec.gate)
+
+    version = register_candidate(
+        trained.adapter_dir, base_model=spec.base_model, dataset_version=dataset.version,
+        parent_version=champion.id if champion else None, spec=spec.model_dump(mode="json"),
+        metrics=candidate.metrics,
+        extra={"tenant": spec.tenant, "training": {k: v for k, v in trained.to_json().items() if k != "history"},
+               "incumbent": {"label": incumbent.label, "metrics": incumbent.metrics},
+               "dataset": dataset.manifest()},
+    )
+    apply_decision(version.id, decision)
+    summary = {
+        "version": version.id, "promoted": decision.promote, "decision": decision.to_json(),
+        "candidate_metrics": candidate.metrics, "incumbent_metrics": incumbent.metrics,
+        "incumbent_label": incumbent.label, "dataset_version": dataset.version,
+        "dataset_splits": dataset.manifest()["splits"], "training": version.manifest["training"],
+        "run_dir": str(trained.run_dir),
+    }
+    publish_report(summary)
+    logger.info(decision.reason)
+    return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    from tuneloop.specs import load_yaml_spec
+
+    print(retrain(load_yaml_spec(sys.argv[1])))

@@ -1,0 +1,294 @@
+"""The `tuneloop` command: what an operator types.
+
+This is the entry layer: it may run flows; everything else here calls core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+from tuneloop.errors import TuneloopError, UserError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _prefect_env() -> None:
+    """Point Prefect at the project's profiles and keep its database under the state folder."""
+    from tuneloop.settings import get_settings
+
+    os.environ.setdefault("PREFECT_HOME", str(get_settings().state_dir / "prefect"))
+    for root in (Path.cwd(), PROJECT_ROOT):
+        if (root / "profiles" / "profiles.toml").exists():
+            os.environ.setdefault("PREFECT_PROFILES_PATH", str(root / "profiles" / "profiles.toml"))
+            break
+    os.environ.setdefault("PREFECT_PROFILE", "local")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _import_flow(name: str):
+    """Flows live in the checkout's flows/ folder, beside src/."""
+    for root in (Path.cwd(), PROJECT_ROOT):
+        if (root / "flows" / f"{name}.py").exists():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            break
+    else:
+        raise UserError(f"flows/{name}.py", "was not found in this folder or the tuneloop checkout",
+                        "run the command from the tuneloop project folder")
+    _prefect_env()
+    module = __import__(f"flows.{name}", fromlist=[name])
+    return getattr(module, name.replace("-", "_"))
+
+
+# -- data ------------------------------------------------------------------------
+def cmd_data_validate(args) -> int:
+    from tuneloop.data import validate_file
+
+    count = None
+    if args.base_model:
+        from tuneloop.basemodel import load_tokenizer, resolve_base_model
+        from tuneloop.chat import count_tokens
+        from tuneloop.settings import get_settings
+
+        count = count_tokens(load_tokenizer(resolve_base_model(args.base_model, get_settings().models_dir)))
+    report = validate_file(args.file, min_examples=args.min_examples, max_tokens=args.max_tokens, count_tokens=count)
+    if args.report:
+        report.write(Path(args.report))
+    for issue in report.issues:
+        print(issue)
+    verdict = "OK" if report.ok else f"FAILED: {len(report.errors)} problem(s)"
+    print(f"{args.file}: {report.lines_read} line(s), {len(report.rows)} valid row(s): {verdict}")
+    return 0 if report.ok else 1
+
+
+# -- train / evaluate -----------------------------------------------------------
+def _spec_from_args(args):
+    from tuneloop.specs import RetrainSpec, load_yaml_spec, validate_spec
+
+    if args.config:
+        spec = load_yaml_spec(args.config, data=args.data)
+    elif args.data:
+        spec = RetrainSpec(data=Path(args.data))
+    else:
+        raise UserError("--data/--config", "one of them is required", "pass --data FILE or --config YAML")
+    training = spec.training.model_dump()
+    for key in ("max_steps", "seed", "epochs"):
+        if getattr(args, key, None) is not None:
+            training[key] = getattr(args, key)
+    return validate_spec(spec.model_dump() | {"training": training}, type(spec))
+
+
+def cmd_train(args) -> int:
+    from tuneloop.basemodel import load_tokenizer, resolve_base_model
+    from tuneloop.chat import count_tokens
+    from tuneloop.data import prepare_dataset
+    from tuneloop.settings import get_settings
+    from tuneloop.training import train_lora
+
+    spec = _spec_from_args(args)
+    settings = get_settings()
+    base = resolve_base_model(spec.base_model, settings.models_dir)
+    ds = prepare_dataset(spec.data, spec.dataset, spec.eval_data, count_tokens(load_tokenizer(base)),
+                         spec.dataset.max_tokens or spec.training.max_seq_len)
+    out = Path(args.out) if args.out else settings.runs_dir / f"train-{ds.version[:12]}"
+    result = train_lora(spec.training, base, ds.train, ds.validation, out, resume=not args.no_resume)
+    summary = {k: v for k, v in result.to_json().items() if k != "history"}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from tuneloop.basemodel import resolve_base_model
+    from tuneloop.data import prepare_dataset
+    from tuneloop.evals.run import evaluate_model
+    from tuneloop.registry import open_registry
+    from tuneloop.report import text_table
+    from tuneloop.settings import get_settings
+    from tuneloop.specs import DataSpec, EvalSpec
+
+    adapter, base_name, label = args.adapter, args.base_model, "base"
+    if args.version:
+        v = open_registry().get(args.version)
+        adapter, base_name, label = v.adapter_dir, v.manifest["base_model"], v.id
+    elif adapter:
+        label = str(adapter)
+    base = resolve_base_model(base_name, get_settings().models_dir)
+    ds = prepare_dataset(args.data, DataSpec(min_examples=1, validation_split=0, test_split=0), eval_data=args.data)
+    result = evaluate_model(base, adapter, ds.eval_rows, EvalSpec(max_new_tokens=args.max_new_tokens), label)
+    print(text_table({label: result.metrics}))
+    if args.output:
+        from tuneloop.fsutil import atomic_write_text
+
+        atomic_write_text(args.output, json.dumps(result.to_json(), indent=2))
+    return 0
+
+
+# -- registry -------------------------------------------------------------------
+def cmd_registry(args) -> int:
+    from tuneloop.registry import open_registry
+    from tuneloop.report import text_table
+
+    reg = open_registry(args.registry)
+    if args.registry_cmd == "list":
+        aliases = reg.aliases()
+        rows = reg.list()
+        if not rows:
+            print(f"no versions yet in {reg.root}")
+        for v in rows:
+            tags = ",".join(a for a, vid in aliases.items() if vid == v.id)
+            em = v.metrics.get("exact_match")
+            print(f"{v.id:<6} {v.status.get('status', 'candidate'):<10} {tags:<18} "
+                  f"exact_match={'-' if em is None else f'{em:.3f}'}  data={v.manifest['dataset_version'][:12]}  "
+                  f"{v.manifest['created_at']}")
+    elif args.registry_cmd == "show":
+        v = reg.get(args.ref)
+        print(json.dumps({"manifest": v.manifest, "status": v.status,
+                          "integrity": reg.verify(v.id) or "ok"}, indent=2, default=str))
+    elif args.registry_cmd == "compare":
+        a, b = reg.get(args.a), reg.get(args.b)
+        print(text_table({a.id: a.metrics, b.id: b.metrics}))
+    return 0
+
+
+# -- flows ----------------------------------------------------------------------
+def cmd_retrain(args) -> int:
+    spec = _spec_from_args(args)
+    retrain = _import_flow("retrain")
+    summary = retrain(spec)
+    print(summary["decision"]["reason"])
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from tuneloop.demo_data import write_demo_data
+    from tuneloop.report import text_table
+    from tuneloop.settings import get_settings
+    from tuneloop.specs import validate_spec
+
+    import yaml
+
+    t0 = time.perf_counter()
+    main = get_settings()
+    demo_dir = main.state_dir / "demo"
+    if demo_dir.exists():
+        shutil.rmtree(demo_dir)  # a demo always starts from an empty registry
+    os.environ["TUNELOOP_MODELS_DIR"] = str(main.models_dir)  # keep the cached base across demos
+    os.environ["TUNELOOP_STATE_DIR"] = str(demo_dir)
+    os.environ.setdefault("PREFECT_HOME", str(main.state_dir / "prefect"))
+    paths = write_demo_data(demo_dir / "data", seed=args.seed)
+    preset = yaml.safe_load(resources.files("tuneloop").joinpath("presets/demo.yaml").read_text())
+    retrain = _import_flow("retrain")
+
+    print(f"\n== run 1: retrain on {paths['feedback'].name} (clean feedback) ==")
+    one = retrain(validate_spec(preset | {"data": str(paths["feedback"]), "eval_data": str(paths["heldout"])}))
+    print(f"\n== run 2: retrain on {paths['corrupted'].name} (deliberately corrupted feedback) ==")
+    two = retrain(validate_spec(preset | {"data": str(paths["corrupted"]), "eval_data": str(paths["heldout"])}))
+
+    print("\n== held-out metrics (same {} items) ==".format(one["decision"]["items"]))
+    print(text_table({"base": one["incumbent_metrics"], one["version"]: one["candidate_metrics"],
+                      two["version"]: two["candidate_metrics"]}))
+    gain = one["candidate_metrics"]["exact_match"] - one["incumbent_metrics"]["exact_match"]
+    print(f"\nrun 1 {one['version']}: {one['decision']['reason']}")
+    print(f"run 2 {two['version']}: {two['decision']['reason']}")
+    print(f"\nexact match {one['incumbent_metrics']['exact_match']:.3f} -> {one['candidate_metrics']['exact_match']:.3f} "
+          f"(+{gain:.3f}); training {one['training']['tokens_per_s']:,.0f} tokens/s")
+    print(f"\nregistry:     {demo_dir / 'registry'}   (tuneloop registry list, with TUNELOOP_STATE_DIR={demo_dir})")
+    print(f"tensorboard:  tensorboard --logdir {demo_dir / 'runs'}")
+    print(f"prefect UI:   make ui  (PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start), "
+          "then http://127.0.0.1:4200")
+    print(f"demo took {time.perf_counter() - t0:.1f} s")
+    ok = one["promoted"] and gain >= 0.30 and not two["promoted"]
+    if not ok:
+        print("UNEXPECTED: the demo should promote run 1 by >= 0.30 exact match and reject run 2", file=sys.stderr)
+    return 0 if ok else 1
+
+
+# -- parser -----------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tuneloop", description=__doc__.splitlines()[0] + " Retrain, evaluate and "
+                                "promote LoRA adapters from user feedback.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    data = sub.add_parser("data", help="check feedback files").add_subparsers(dest="data_cmd", required=True)
+    v = data.add_parser("validate", help="report every problem in a JSONL file, by line; exit 1 if any",
+                        description="Check OpenAI chat JSONL or prompt/completion JSONL against OpenAI's rules: "
+                        "at least N examples, valid roles, an assistant message, non-empty content, token length.")
+    v.add_argument("file")
+    v.add_argument("--min-examples", type=int, default=10, help="fewest valid rows allowed (default 10)")
+    v.add_argument("--base-model", default=None,
+                   help="count tokens with this model's tokenizer (e.g. tuneloop/tiny-llama); off by default")
+    v.add_argument("--max-tokens", type=int, default=512, help="token limit per row with --base-model (default 512)")
+    v.add_argument("--report", help="also write the report as JSON here")
+    v.set_defaults(func=cmd_data_validate)
+
+    def spec_args(sp):
+        sp.add_argument("--config", help="YAML file with a RetrainSpec (see deployments/)")
+        sp.add_argument("--data", help="feedback JSONL (overrides the config's data)")
+
+    t = sub.add_parser("train", help="train a LoRA adapter (no Prefect, no registry)",
+                       description="Validate the data and train an adapter; resumes from the last checkpoint "
+                       "in --out unless --no-resume. Prints the result as JSON.")
+    spec_args(t)
+    t.add_argument("--out", help="run folder (default: the state folder's runs/)")
+    t.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--seed", type=int)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="score a model on a JSONL set",
+                       description="Exact match, token F1, BLEU, ROUGE-L and perplexity of the base model, "
+                       "an adapter folder, or a registry version on every row of --data.")
+    e.add_argument("--data", required=True)
+    e.add_argument("--version", help="registry version or alias (champion, challenger)")
+    e.add_argument("--adapter", help="adapter folder")
+    e.add_argument("--base-model", default="tuneloop/tiny-llama")
+    e.add_argument("--max-new-tokens", type=int, default=64)
+    e.add_argument("--output", help="write all per-item results as JSON here")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("registry", help="inspect model versions")
+    r.add_argument("--registry", help="registry folder (default: TUNELOOP_REGISTRY_DIR or the state folder's)")
+    rs = r.add_subparsers(dest="registry_cmd", required=True)
+    rs.add_parser("list", help="every version with status, aliases and exact match")
+    sh = rs.add_parser("show", help="a version's manifest, status and file integrity")
+    sh.add_argument("ref", help="version id (v3) or alias (champion)")
+    c = rs.add_parser("compare", help="metrics of two versions side by side")
+    c.add_argument("a")
+    c.add_argument("b")
+    r.set_defaults(func=cmd_registry)
+
+    rt = sub.add_parser("retrain", help="run the retrain flow once, locally",
+                        description="validate → train → evaluate candidate and champion → gate → move aliases.")
+    spec_args(rt)
+    rt.set_defaults(func=cmd_retrain)
+
+    d = sub.add_parser("demo", help="the end-to-end demo on the embedded default",
+                       description="Builds the tiny base, writes the intent-routing data, and runs retrain twice: "
+                       "clean feedback (promoted) then corrupted feedback (rejected).")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TuneloopError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

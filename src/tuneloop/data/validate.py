@@ -1,0 +1,227 @@
+"""Read a JSONL feedback file and check every row against OpenAI's fine-tuning rules.
+
+Accepted shapes, one JSON object per line:
+  {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
+  {"prompt": "...", "completion": "..."}
+with optional "rating" (1-5), "score" (0-1) and "tenant" (string).
+Every problem is reported with its line, the rule and how to fix it; the
+whole file is read so that one run lists all problems at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ROLES = ("system", "user", "assistant", "tool")
+MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "function_call", "tool_call_id"}
+ROW_KEYS = {"messages", "prompt", "completion", "rating", "score", "tenant", "id", "metadata", "user", "timestamp"}
+
+FIXES = {
+    "json": "write exactly one JSON object per line (no trailing commas, double quotes only)",
+    "type": "give the field the type shown in the docs: messages is a list of objects, content a string, rating a number",
+    "format": 'use {"messages": [...]} or {"prompt": "...", "completion": "..."}',
+    "role": f"use one of the roles {', '.join(ROLES)}",
+    "unknown_key": f"keep only the keys {', '.join(sorted(MESSAGE_KEYS))} in a message",
+    "no_assistant": "add an assistant message with the answer the model should learn",
+    "empty_content": "write the message text, or drop the row",
+    "too_long": "shorten the conversation or raise dataset.max_tokens (up to the model's context length)",
+    "range": "ratings are 1-5 and scores 0-1",
+    "too_few_examples": "add rows: at least the minimum number of valid examples is needed",
+}
+
+
+@dataclass(frozen=True)
+class Issue:
+    line: int  # 1-based; 0 means the file as a whole
+    rule: str
+    message: str
+    severity: str = "error"
+
+    @property
+    def fix(self) -> str:
+        return FIXES.get(self.rule, "")
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" if self.line else "file"
+        return f"{where}: {self.rule}: {self.message}. Fix: {self.fix}"
+
+
+@dataclass
+class Row:
+    """One normalized example: chat messages plus optional feedback fields."""
+
+    line: int
+    messages: list[dict]
+    rating: float | None = None
+    score: float | None = None
+    tenant: str = "default"
+
+    @property
+    def canonical(self) -> str:
+        return json.dumps([{"role": m["role"], "content": m["content"]} for m in self.messages],
+                          ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(self.canonical.encode()).hexdigest()
+
+    @property
+    def prompt_messages(self) -> list[dict]:
+        """The conversation up to (not including) the final assistant answer."""
+        last = max(i for i, m in enumerate(self.messages) if m["role"] == "assistant")
+        return self.messages[:last]
+
+    @property
+    def answer(self) -> str:
+        last = max(i for i, m in enumerate(self.messages) if m["role"] == "assistant")
+        return self.messages[last]["content"]
+
+    @property
+    def prompt_key(self) -> str:
+        text = json.dumps([[m["role"], " ".join(m["content"].split()).casefold()] for m in self.prompt_messages],
+                          ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def to_json(self) -> dict:
+        out = {"messages": [{"role": m["role"], "content": m["content"]} for m in self.messages],
+               "tenant": self.tenant}
+        if self.rating is not None:
+            out["rating"] = self.rating
+        if self.score is not None:
+            out["score"] = self.score
+        return out
+
+
+@dataclass
+class ValidationReport:
+    source: str
+    rows: list[Row] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+    lines_read: int = 0
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source, "ok": self.ok, "lines_read": self.lines_read,
+            "valid_rows": len(self.rows), "errors": len(self.errors),
+            "issues": [asdict(i) | {"fix": i.fix} for i in self.issues],
+        }
+
+    def write(self, path: Path) -> Path:
+        from tuneloop.fsutil import atomic_write_text
+
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_row(obj, line: int) -> tuple[Row | None, list[Issue]]:
+    issues: list[Issue] = []
+    bad = lambda rule, msg: issues.append(Issue(line, rule, msg))  # noqa: E731
+    if not isinstance(obj, dict):
+        bad("type", f"the row is a JSON {type(obj).__name__}, not an object")
+        return None, issues
+    if "messages" in obj:
+        messages = obj["messages"]
+        if not isinstance(messages, list) or not messages:
+            bad("type", "messages must be a non-empty list of message objects")
+            return None, issues
+    elif "prompt" in obj or "completion" in obj:
+        p, c = obj.get("prompt"), obj.get("completion")
+        if not isinstance(p, str) or not isinstance(c, str):
+            bad("type", f"prompt and completion must both be strings (got {type(p).__name__}, {type(c).__name__})")
+            return None, issues
+        messages = [{"role": "user", "content": p}, {"role": "assistant", "content": c}]
+    else:
+        bad("format", f"the row has neither messages nor prompt/completion (keys: {sorted(obj)})")
+        return None, issues
+
+    norm = []
+    for n, m in enumerate(messages, 1):
+        if not isinstance(m, dict):
+            bad("type", f"message {n} is a {type(m).__name__}, not an object")
+            continue
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            bad("role", f"message {n} has role {role!r}")
+        extra = sorted(set(m) - MESSAGE_KEYS)
+        if extra:
+            bad("unknown_key", f"message {n} has unrecognized key(s) {extra}")
+        if content is None and m.get("tool_calls"):
+            content = ""
+        elif not isinstance(content, str):
+            bad("type", f"message {n} content is {type(content).__name__}, not a string")
+            continue
+        elif not content.strip():
+            bad("empty_content", f"message {n} ({role}) has empty content")
+        norm.append({"role": role, "content": content})
+    if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
+        bad("no_assistant", "no assistant message: nothing to learn from this row")
+
+    rating, score, tenant = obj.get("rating"), obj.get("score"), obj.get("tenant", "default")
+    if rating is not None and not _is_number(rating):
+        bad("type", f"rating {rating!r} is not a number")
+    elif rating is not None and not 1 <= rating <= 5:
+        bad("range", f"rating {rating} is outside 1-5")
+    if score is not None and not _is_number(score):
+        bad("type", f"score {score!r} is not a number")
+    elif score is not None and not 0 <= score <= 1:
+        bad("range", f"score {score} is outside 0-1")
+    if not isinstance(tenant, str) or not tenant:
+        bad("type", f"tenant {tenant!r} is not a non-empty string")
+    if issues:
+        return None, issues
+    return Row(line, norm, rating, score, tenant), issues
+
+
+def validate_file(
+    path: str | Path,
+    min_examples: int = 10,
+    max_tokens: int | None = None,
+    count_tokens: Callable[[list[dict]], int] | None = None,
+) -> ValidationReport:
+    """Check every line; return the valid rows and every issue found."""
+    path = Path(path)
+    report = ValidationReport(str(path))
+    try:
+        fh = path.open(encoding="utf-8")
+    except FileNotFoundError:
+        report.issues.append(Issue(0, "format", f"{path} does not exist"))
+        return report
+    with fh:
+        for line_no, text in enumerate(fh, 1):
+            report.lines_read = line_no
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                report.issues.append(Issue(line_no, "json", f"not valid JSON ({e.msg} at column {e.colno})"))
+                continue
+            row, issues = _check_row(obj, line_no)
+            report.issues.extend(issues)
+            if row is None:
+                continue
+            if count_tokens is not None and max_tokens is not None:
+                n = count_tokens(row.messages)
+                if n > max_tokens:
+                    report.issues.append(Issue(line_no, "too_long", f"{n} tokens, over the limit of {max_tokens}"))
+                    continue
+            report.rows.append(row)
+    if len(report.rows) < min_examples:
+        report.issues.append(Issue(0, "too_few_examples",
+                                   f"{len(report.rows)} valid example(s), at least {min_examples} required"))
+    return report

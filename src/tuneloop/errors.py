@@ -1,0 +1,59 @@
+"""One error hierarchy for tuneloop.
+
+Only `TransientError` is retried (by the task decorators). A `UserError`
+names the offending value, the rule it broke and the fix, and is raised
+before anything is written.
+"""
+
+from __future__ import annotations
+
+
+class TuneloopError(Exception):
+    """Base of every error tuneloop raises on purpose."""
+
+
+class UserError(TuneloopError):
+    """Bad input from the operator: config, data, arguments."""
+
+    def __init__(self, value: object, rule: str, fix: str):
+        self.value, self.rule, self.fix = value, rule, fix
+        super().__init__(f"{value}: {rule}. Fix: {fix}")
+
+
+class SpecError(UserError):
+    """A flow or CLI spec that does not validate."""
+
+
+class DataValidationError(UserError):
+    """A dataset broke one or more data rules; `issues` lists each by line."""
+
+    def __init__(self, source: object, issues: list, report_path: object | None = None):
+        self.issues = issues
+        self.report_path = report_path
+        lines = [f"  {i}" for i in issues[:20]]
+        more = f"\n  ... and {len(issues) - 20} more" if len(issues) > 20 else ""
+        where = f" (full report: {report_path})" if report_path else ""
+        super().__init__(
+            source,
+            f"{len(issues)} data problem(s){where}:\n" + "\n".join(lines) + more,
+            "correct the rows listed above and run `tuneloop data validate FILE` again",
+        )
+
+
+class RegistryError(TuneloopError):
+    """The registry is missing something it should hold, or a write conflicted."""
+
+
+class NotFoundError(RegistryError, UserError):
+    """A version or alias the operator named does not exist."""
+
+    def __init__(self, ref: str, known: list[str]):
+        shown = ", ".join(known[-10:]) or "none yet"
+        UserError.__init__(
+            self, repr(ref), "is not a version id or alias in this registry",
+            f"use one of: {shown} (see `tuneloop registry list`)",
+        )
+
+
+class TransientError(TuneloopError):
+    """Network failures, 5xx answers, timeouts: safe to retry."""

@@ -1,0 +1,1 @@
+"""Evaluation helpers: metric modules shipped in-package so they load offline."""

@@ -1,0 +1,94 @@
+"""Evaluate a base model, with or without an adapter, on held-out rows.
+
+Candidate and champion are always scored on the same rows, identified by
+their content hash, so the promotion gate compares like with like.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tuneloop.basemodel import device, load_model, load_tokenizer
+from tuneloop.chat import encode_chat
+from tuneloop.data.validate import Row
+from tuneloop.evals.scoring import METRIC_NAMES, score_texts
+from tuneloop.specs import EvalSpec
+
+
+@dataclass
+class EvalResult:
+    label: str
+    metrics: dict[str, float]
+    per_item: dict[str, dict[str, float]]  # metric -> item id -> score
+    items: list[dict] = field(default_factory=list)  # id, prompt, reference, prediction
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"label": self.label, "metrics": self.metrics, "per_item": self.per_item,
+                "items": self.items, "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "EvalResult":
+        return cls(d["label"], d["metrics"], d["per_item"], d.get("items", []), d.get("seconds", 0.0))
+
+
+def load_for_eval(base_path: str, adapter_dir: str | Path | None, quantization: str = "none"):
+    model = load_model(base_path, quantization)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy answers, batched with left padding; stops at the tokenizer's end token."""
+    dev, pad = device(), tok.pad_token_id
+    outs: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        enc = [encode_chat(tok, p, add_generation_prompt=True)[0] for p in prompts[i: i + batch_size]]
+        width = max(map(len, enc))
+        ids = torch.full((len(enc), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, e in enumerate(enc):
+            ids[j, width - len(e):], mask[j, width - len(e):] = torch.tensor(e), 1
+        gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=pad)
+        for row in gen[:, width:].tolist():
+            if tok.eos_token_id in row:
+                row = row[: row.index(tok.eos_token_id)]
+            outs.append(tok.decode(row, skip_special_tokens=True).strip())
+    return outs
+
+
+def evaluate_rows(model, tok, rows: list[Row], spec: EvalSpec, label: str) -> EvalResult:
+    from tuneloop.training.loop import encode_rows, mean_loss
+
+    t0 = time.perf_counter()
+    rows = rows[: spec.max_items] if spec.max_items else rows
+    preds = generate(model, tok, [r.prompt_messages for r in rows], spec.max_new_tokens, spec.batch_size)
+    refs = [r.answer for r in rows]
+    metrics, per_item_lists = score_texts(preds, refs, METRIC_NAMES)
+    enc = encode_rows(tok, [Row(r.line, r.prompt_messages + [{"role": "assistant", "content": r.answer}])
+                            for r in rows], max_len=10**6)
+    metrics["perplexity"] = math.exp(min(mean_loss(model, enc, spec.batch_size, tok.pad_token_id), 50.0))
+    ids = [r.key for r in rows]
+    per_item = {m: dict(zip(ids, scores)) for m, scores in per_item_lists.items()}
+    items = [{"id": k, "prompt": r.prompt_messages[-1]["content"] if r.prompt_messages else "",
+              "reference": ref, "prediction": p} for k, r, ref, p in zip(ids, rows, refs, preds)]
+    return EvalResult(label, metrics, per_item, items, time.perf_counter() - t0)
+
+
+def evaluate_model(base_path: str, adapter_dir: str | Path | None, rows: list[Row], spec: EvalSpec,
+                   label: str = "model", quantization: str = "none") -> EvalResult:
+    """Load base (+ adapter) and score it on rows."""
+    tok = load_tokenizer(base_path)
+    model = load_for_eval(base_path, adapter_dir, quantization)
+    return evaluate_rows(model, tok, rows, spec, label)

@@ -1,0 +1,53 @@
+"""Score predictions against references with the metric modules shipped in this package.
+
+The modules live under ``metrics/`` and are loaded by path, because
+``evaluate.load("exact_match")`` would try to download from the Hub. Kept free of
+prefect so it can be used (and tested) outside a flow.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from collections.abc import Sequence
+
+METRIC_NAMES = ("exact_match", "token_f1", "bleu", "rouge_l")
+
+
+def metrics_dir() -> pathlib.Path:
+    """Folder holding one ``<name>/<name>.py`` module per metric (package data)."""
+    return pathlib.Path(__file__).resolve().parent / "metrics"
+
+
+@functools.lru_cache(maxsize=None)
+def load_metric(name: str):
+    """Load a shipped metric by path (offline); cached since loading copies the module into the HF cache."""
+    if name not in METRIC_NAMES:
+        raise ValueError(
+            f"unknown metric {name!r}; allowed: {', '.join(METRIC_NAMES)}. "
+            "Use one of those names (or add a module under tuneloop/evals/metrics/<name>/<name>.py)."
+        )
+    import evaluate  # deferred: importing evaluate is slow and reads HF_HOME at import time
+
+    return evaluate.load(str(metrics_dir() / name))
+
+
+def score_texts(
+    predictions: list[str],
+    references: list[str],
+    names: Sequence[str] = METRIC_NAMES,
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Return (aggregate score by metric, per-item scores by metric where the metric has them)."""
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"predictions and references differ in length: {len(predictions)} vs {len(references)}; "
+            "pass exactly one reference per prediction."
+        )
+    aggregates: dict[str, float] = {}
+    per_item: dict[str, list[float]] = {}
+    for name in names:
+        result = load_metric(name).compute(predictions=list(predictions), references=list(references))
+        aggregates[name] = float(result[name])
+        if "per_item" in result:
+            per_item[name] = [float(x) for x in result["per_item"]]
+    return aggregates, per_item

@@ -1,0 +1,52 @@
+"""Atomic file and folder writes: readers see the old state or the new, never half."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def staging_dir(parent: str | Path, name: str) -> Path:
+    """A fresh hidden folder beside the final one; publish it with `publish_dir`."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))
+
+
+def publish_dir(staged: Path, final: Path) -> bool:
+    """Rename a staged folder into place. False (and staging removed) if `final` already exists."""
+    try:
+        os.rename(staged, final)
+        return True
+    except OSError:
+        if final.exists():
+            shutil.rmtree(staged, ignore_errors=True)
+            return False
+        raise
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

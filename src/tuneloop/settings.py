@@ -1,0 +1,31 @@
+"""Process-wide settings from the environment (`TUNELOOP_*`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where tuneloop keeps its state; everything defaults under one folder."""
+
+    model_config = SettingsConfigDict(env_prefix="TUNELOOP_", extra="ignore")
+
+    state_dir: Path = Path(".tuneloop")
+    registry_dir: Path | None = None
+    models_dir: Path | None = None
+    runs_dir: Path | None = None
+    datasets_dir: Path | None = None
+
+    def model_post_init(self, __context) -> None:
+        self.state_dir = self.state_dir.expanduser().resolve()
+        for name in ("registry", "models", "runs", "datasets"):
+            attr = f"{name}_dir"
+            value = getattr(self, attr)
+            setattr(self, attr, (value.expanduser().resolve() if value else self.state_dir / name))
+
+
+def get_settings() -> Settings:
+    """Read settings now (not at import), so tests and the CLI can set env first."""
+    return Settings()

@@ -1,0 +1,131 @@
+"""Pydantic specs for every flow and CLI parameter.
+
+The same models validate `prefect.yaml` deployments, YAML configs and CLI
+flags, so a bad value is caught before any work starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tuneloop.errors import SpecError
+
+TINY_BASE = "tuneloop/tiny-llama"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Spec):
+    """How a feedback file becomes train / validation / test splits."""
+
+    validation_split: float = Field(0.1, ge=0.0, lt=0.5)
+    test_split: float = Field(0.1, ge=0.0, lt=0.5)
+    min_examples: int = Field(10, ge=1, description="OpenAI requires at least 10")
+    max_tokens: int | None = Field(None, ge=8, description="defaults to the model's context length")
+    seed: int = 0
+
+
+class TrainingSpec(_Spec):
+    """LoRA / QLoRA training. Defaults are the production ones; see presets for the demo."""
+
+    rank: int = Field(16, ge=1, le=512)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    quantization: Literal["none", "4bit"] = "none"
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation: int = Field(4, ge=1)
+    epochs: int = Field(3, ge=1, le=1000)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    warmup_steps: int = Field(100, ge=0, description="capped at 10% of all steps")
+    weight_decay: float = Field(0.01, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_seq_len: int = Field(512, ge=8)
+    save_every: int = Field(50, ge=1, description="checkpoint every N optimizer steps")
+    keep_checkpoints: int = Field(2, ge=1)
+    eval_every: int | None = Field(None, ge=1, description="validate every N steps; default once per epoch")
+    early_stopping_patience: int | None = Field(3, ge=1, description="evaluations without improvement; null disables")
+    seed: int = 42
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return tuple(v) if isinstance(v, list) else v
+
+
+class EvalSpec(_Spec):
+    """Held-out evaluation."""
+
+    max_new_tokens: int = Field(64, ge=1, le=4096)
+    batch_size: int = Field(16, ge=1)
+    max_items: int | None = Field(None, ge=1, description="evaluate at most N held-out items")
+
+
+class GateSpec(_Spec):
+    """When a candidate may replace the champion."""
+
+    metric: Literal["exact_match", "token_f1", "rouge_l"] = "exact_match"
+    margin: float = Field(0.02, ge=0.0, le=1.0, description="needed gain over the champion on the same items")
+    min_metrics: dict[str, float] = Field(default_factory=lambda: {"exact_match": 0.0})
+    max_perplexity: float | None = Field(None, gt=0)
+
+    @field_validator("min_metrics")
+    @classmethod
+    def _known(cls, v: dict[str, float]) -> dict[str, float]:
+        allowed = {"exact_match", "token_f1", "bleu", "rouge_l"}
+        bad = sorted(set(v) - allowed)
+        if bad:
+            raise ValueError(f"unknown metric(s) {bad}; allowed: {sorted(allowed)}")
+        return v
+
+
+class RetrainSpec(_Spec):
+    """Everything `retrain` needs: data, base model, training, eval and gate."""
+
+    data: Path = Field(description="feedback file: OpenAI chat JSONL or prompt/completion JSONL")
+    eval_data: Path | None = Field(None, description="fixed held-out set; default: the data's test split")
+    base_model: str = Field(TINY_BASE, description="Hugging Face id or local path; the default is built locally")
+    tenant: str = "default"
+    dataset: DataSpec = DataSpec()
+    training: TrainingSpec = TrainingSpec()
+    evaluation: EvalSpec = EvalSpec()
+    gate: GateSpec = GateSpec()
+
+    @model_validator(mode="after")
+    def _splits(self):
+        d = self.dataset
+        if self.eval_data is None and d.test_split == 0:
+            raise ValueError("dataset.test_split is 0 and no eval_data is given: nothing to evaluate on")
+        return self
+
+
+def load_yaml_spec(path: str | Path, model: type[BaseModel] = RetrainSpec, **overrides) -> BaseModel:
+    """Load a YAML config into a spec, with a clear error naming the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SpecError(str(path), "config file does not exist", "pass the path of a YAML config") from None
+    except yaml.YAMLError as e:
+        raise SpecError(str(path), f"is not valid YAML ({e})", "fix the YAML syntax") from None
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return validate_spec(raw, model, source=str(path))
+
+
+def validate_spec(raw: dict, model: type[BaseModel] = RetrainSpec, source: str = "spec") -> BaseModel:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise SpecError(
+            f"{source}: {loc}={first.get('input')!r}", first["msg"],
+            f"set {loc} to a valid value ({e.error_count()} error(s) in total)",
+        ) from None

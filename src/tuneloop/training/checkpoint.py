@@ -1,0 +1,58 @@
+"""Checkpoints that resume exactly: adapter, optimizer, scheduler, RNG and data position.
+
+A checkpoint folder is written under a hidden name and renamed into place, so
+a run killed at any moment leaves either a complete checkpoint or none.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tuneloop.fsutil import atomic_write_text, publish_dir, staging_dir
+
+
+def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+    ckpts = Path(root) / "checkpoints"
+    final = ckpts / f"step-{step:07d}"
+    tmp = staging_dir(ckpts, final.name)
+    model.save_pretrained(tmp / "adapter")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "rng.pt")
+    atomic_write_text(tmp / "state.json", json.dumps(state))
+    if not publish_dir(tmp, final):  # the same step was already saved by an earlier attempt
+        pass
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    ckpts = Path(root) / "checkpoints"
+    if not ckpts.exists():
+        return []
+    return sorted(p for p in ckpts.iterdir() if p.name.startswith("step-") and (p / "state.json").exists())
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
+    set_peft_model_state_dict(model, weights)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng = torch.load(path / "rng.pt", weights_only=False)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return json.loads((path / "state.json").read_text())

@@ -1,0 +1,254 @@
+"""The training loop: LoRA on a frozen base, loss on assistant tokens only.
+
+Written by hand rather than through `transformers.Trainer` so that resume is
+exact: the data order of each epoch is a pure function of (seed, epoch), and
+every other piece of state lives in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from tuneloop.basemodel import device, load_model, load_tokenizer
+from tuneloop.chat import IGNORE, encode_chat
+from tuneloop.data.validate import Row
+from tuneloop.fsutil import atomic_write_text, publish_dir, staging_dir
+from tuneloop.specs import TrainingSpec
+from tuneloop.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    run_dir: Path
+    steps: int
+    total_steps: int
+    final_loss: float
+    best_val_loss: float | None
+    best_step: int
+    train_tokens: int
+    tokens_per_s: float
+    seconds: float
+    stopped_early: bool
+    resumed_from_step: int | None
+    trainable_params: int
+    history: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["adapter_dir"], d["run_dir"] = str(self.adapter_dir), str(self.run_dir)
+        return d
+
+
+def build_lora_model(base_path: str, spec: TrainingSpec):
+    """Base frozen, LoRA adapters on the target modules trainable."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    model = load_model(base_path, spec.quantization)
+    if spec.quantization == "4bit":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                     target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, cfg)
+
+
+def encode_rows(tok, rows: list[Row], max_len: int) -> list[tuple[list[int], list[int]]]:
+    out = []
+    for r in rows:
+        ids, labels = encode_chat(tok, r.messages)
+        ids, labels = ids[:max_len], labels[:max_len]
+        if any(lab != IGNORE for lab in labels):
+            out.append((ids, labels))
+    return out
+
+
+def collate(batch, pad_id: int, dev: str):
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (x, y) in enumerate(batch):
+        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return ids.to(dev), labels.to(dev), mask.to(dev)
+
+
+def token_loss_sum(model, ids, labels, mask) -> tuple[torch.Tensor, int]:
+    """Summed next-token loss over label tokens, and how many there were."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    target = labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum")
+    return loss, int((target != IGNORE).sum())
+
+
+@torch.no_grad()
+def mean_loss(model, encoded, batch_size: int, pad_id: int) -> float:
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(encoded), batch_size):
+        loss, n = token_loss_sum(model, *collate(encoded[i: i + batch_size], pad_id, device()))
+        total, count = total + float(loss), count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train_lora(
+    spec: TrainingSpec,
+    base_path: str,
+    train_rows: list[Row],
+    val_rows: list[Row],
+    run_dir: Path,
+    resume: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train (or resume) a LoRA adapter in run_dir; the best adapter ends in run_dir/adapter."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _seed_all(spec.seed)
+    tok = load_tokenizer(base_path)
+    model = build_lora_model(base_path, spec)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in trainable)
+    train_enc = encode_rows(tok, train_rows, spec.max_seq_len)
+    val_enc = encode_rows(tok, val_rows, spec.max_seq_len)
+    if not train_enc:
+        raise ValueError("no training row has an assistant token within max_seq_len")
+
+    micro_per_epoch = math.ceil(len(train_enc) / spec.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / spec.gradient_accumulation)
+    total = spec.epochs * steps_per_epoch
+    if spec.max_steps:
+        total = min(total, spec.max_steps)
+    warmup = min(spec.warmup_steps, int(0.1 * total))
+    eval_every = spec.eval_every or steps_per_epoch
+
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(trainable, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total)
+
+    state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "tokens": 0, "best_val": None, "best_step": 0,
+             "bad_evals": 0, "stopped_early": False, "last_loss": None, "history": []}
+    resumed_from = None
+    ckpts = list_checkpoints(run_dir) if resume else []
+    if ckpts:
+        state = load_checkpoint(ckpts[-1], model, optimizer, scheduler)
+        resumed_from = state["global_step"]
+        log(f"resuming from {ckpts[-1].name} (step {resumed_from}/{total})")
+    elif not resume and (run_dir / "checkpoints").exists():
+        shutil.rmtree(run_dir / "checkpoints")
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    tb = SummaryWriter(str(run_dir / "tb"), purge_step=state["global_step"] or None)
+    pad_id, dev = tok.pad_token_id, device()
+    t0, tokens_at_start = time.perf_counter(), state["tokens"]
+    log(f"training {n_trainable:,} LoRA parameters on {len(train_enc)} rows: {total} steps "
+        f"({steps_per_epoch}/epoch), warmup {warmup}, lr {spec.learning_rate}")
+
+    def publish_best(step: int) -> None:
+        tmp = staging_dir(run_dir, "best")
+        model.save_pretrained(tmp / "adapter")
+        final = run_dir / f"best-{step:07d}"
+        publish_dir(tmp, final)
+        for old in run_dir.glob("best-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+
+    while state["global_step"] < total and not state["stopped_early"]:
+        order = epoch_order(len(train_enc), spec.seed, state["epoch"])
+        micro = [order[i: i + spec.batch_size] for i in range(0, len(order), spec.batch_size)]
+        while state["step_in_epoch"] < steps_per_epoch and state["global_step"] < total:
+            s = state["step_in_epoch"]
+            group = [collate([train_enc[j] for j in mb], pad_id, dev)
+                     for mb in micro[s * spec.gradient_accumulation: (s + 1) * spec.gradient_accumulation]]
+            n_tokens = sum(int((labels[:, 1:] != IGNORE).sum()) for _, labels, _ in group)
+            step_loss = 0.0
+            for ids, labels, mask in group:
+                loss, _ = token_loss_sum(model, ids, labels, mask)
+                (loss / n_tokens).backward()
+                step_loss += loss.item() / n_tokens
+                state["tokens"] += int(mask.sum())
+            torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["global_step"] += 1
+            state["step_in_epoch"] += 1
+            state["last_loss"] = step_loss
+            step = state["global_step"]
+            tb.add_scalar("train/loss", step_loss, step)
+            tb.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            entry = {"step": step, "loss": step_loss}
+
+            if val_enc and (step % eval_every == 0 or step == total):
+                val = mean_loss(model, val_enc, spec.batch_size * 2, pad_id)
+                tb.add_scalar("val/loss", val, step)
+                entry["val_loss"] = val
+                if state["best_val"] is None or val < state["best_val"]:
+                    state.update(best_val=val, best_step=step, bad_evals=0)
+                    publish_best(step)
+                else:
+                    state["bad_evals"] += 1
+                    if spec.early_stopping_patience and state["bad_evals"] >= spec.early_stopping_patience:
+                        state["stopped_early"] = True
+                        log(f"early stop at step {step}: validation loss has not improved for "
+                            f"{state['bad_evals']} evaluations (best {state['best_val']:.4f} at step {state['best_step']})")
+            state["history"].append(entry)
+            if step % max(1, total // 10) == 0 or step == total:
+                rate = (state["tokens"] - tokens_at_start) / max(time.perf_counter() - t0, 1e-9)
+                extra = f" val {entry['val_loss']:.4f}" if "val_loss" in entry else ""
+                log(f"step {step}/{total} loss {step_loss:.4f}{extra} lr {scheduler.get_last_lr()[0]:.2e} {rate:,.0f} tok/s")
+            if state["step_in_epoch"] >= steps_per_epoch:
+                state["epoch"] += 1
+                state["step_in_epoch"] = 0
+            if step % spec.save_every == 0 or step == total or state["stopped_early"]:
+                save_checkpoint(run_dir, step, model, optimizer, scheduler, state, spec.keep_checkpoints)
+            if state["stopped_early"]:
+                break
+    tb.close()
+    seconds = time.perf_counter() - t0
+
+    adapter_dir = run_dir / "adapter"
+    best = sorted(run_dir.glob("best-*"))
+    tmp = staging_dir(run_dir, "adapter")
+    if best:
+        shutil.copytree(best[-1] / "adapter", tmp, dirs_exist_ok=True)
+    else:
+        model.save_pretrained(tmp)
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    publish_dir(tmp, adapter_dir)
+
+    result = TrainResult(
+        adapter_dir=adapter_dir, run_dir=run_dir, steps=state["global_step"], total_steps=total,
+        final_loss=state["last_loss"], best_val_loss=state["best_val"], best_step=state["best_step"],
+        train_tokens=state["tokens"], tokens_per_s=(state["tokens"] - tokens_at_start) / max(seconds, 1e-9),
+        seconds=seconds, stopped_early=state["stopped_early"], resumed_from_step=resumed_from,
+        trainable_params=n_trainable, history=state["history"],
+    )
+    atomic_write_text(run_dir / "result.json", json.dumps(result.to_json(), indent=2))
+    return result
