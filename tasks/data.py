@@ -26,7 +26,7 @@ def validate_dataset(spec: RetrainSpec, base_path: str) -> PreparedDataset:
     tok = load_tokenizer(base_path)
     limit = spec.dataset.max_tokens or min(spec.training.max_seq_len, getattr(tok, "model_max_length", 10**9))
     ds = prepare_dataset(spec.data, spec.dataset, eval_data=spec.eval_data, count_tokens=count_tokens(tok),
-                         max_tokens=limit, report_dir=settings.state_dir / "reports")
+                         max_tokens=limit, report_dir=settings.state_dir / "reports", tenant=spec.tenant)
     ds.save(settings.datasets_dir)
     get_run_logger().info(f"dataset {ds.version[:16]}: {ds.manifest()['splits']}, {ds.stats}")
     return ds

@@ -96,7 +96,7 @@ def cmd_train(args) -> int:
     settings = get_settings()
     base = resolve_base_model(spec.base_model, settings.models_dir)
     ds = prepare_dataset(spec.data, spec.dataset, spec.eval_data, count_tokens(load_tokenizer(base)),
-                         spec.dataset.max_tokens or spec.training.max_seq_len)
+                         spec.dataset.max_tokens or spec.training.max_seq_len, tenant=spec.tenant)
     out = Path(args.out) if args.out else settings.runs_dir / f"train-{ds.version[:12]}"
     result = train_lora(spec.training, base, ds.train, ds.validation, out, resume=not args.no_resume)
     summary = {k: v for k, v in result.to_json().items() if k != "history"}
@@ -154,6 +154,52 @@ def cmd_registry(args) -> int:
     elif args.registry_cmd == "compare":
         a, b = reg.get(args.a), reg.get(args.b)
         print(text_table({a.id: a.metrics, b.id: b.metrics}))
+    return 0
+
+
+# -- feedback and drift ---------------------------------------------------------
+def _load(args, model):
+    from tuneloop.specs import load_yaml_spec
+
+    if not args.config:
+        raise UserError("--config", "is required", f"pass a YAML file with a {model.__name__} (see deployments/)")
+    return load_yaml_spec(args.config, model)
+
+
+def cmd_feedback_collect(args) -> int:
+    from tuneloop.specs import CollectSpec
+
+    spec = _load(args, CollectSpec)
+    summary = _import_flow("collect_feedback")(spec)
+    for row in summary["sources"]:
+        print(f"{row['source']}: {row['fetched']} fetched, {row['new']} new, {row['negatives']} negative, "
+              f"{row['errors']} skipped")
+    for tenant, ds in summary["datasets"].items():
+        print(f"dataset {tenant}: {ds['path']} ({ds['sft']} SFT, {ds['preference']} preference pairs)")
+    return 0
+
+
+def cmd_feedback_build(args) -> int:
+    from tuneloop.feedback.build import build_feedback_dataset
+    from tuneloop.feedback.items import FeedbackPolicy
+    from tuneloop.feedback.store import FeedbackStore
+    from tuneloop.settings import get_settings
+
+    state = get_settings().state_dir / "feedback"
+    ds = build_feedback_dataset(FeedbackStore(state).items(), state / "datasets", tenant=args.tenant,
+                                window_days=args.window_days, policy=FeedbackPolicy(args.min_score),
+                                license=args.license)
+    print(json.dumps({"path": str(ds.path), "version": ds.version, **ds.counts,
+                      "redaction": ds.datasheet["redaction"]["counts"]}, indent=2))
+    return 0
+
+
+def cmd_drift(args) -> int:
+    from tuneloop.specs import DriftSpec
+
+    spec = _load(args, DriftSpec) if args.config else DriftSpec(tenant=args.tenant)
+    result = _import_flow("detect_drift")(spec)
+    print(json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -265,6 +311,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("b")
     r.set_defaults(func=cmd_registry)
 
+    fb = sub.add_parser("feedback", help="collect feedback and build datasets from it").add_subparsers(
+        dest="feedback_cmd", required=True)
+    fc = fb.add_parser("collect", help="run collect-feedback once",
+                       description="Fetch what is new from every source in the config (files, LangSmith, Langfuse), "
+                       "emit tuneloop.feedback.negative events, rebuild each tenant's dataset.")
+    fc.add_argument("--config", help="YAML file with a CollectSpec")
+    fc.set_defaults(func=cmd_feedback_collect)
+    fbd = fb.add_parser("build", help="build a tenant's dataset from the stored feedback",
+                        description="PII-redacted, deduplicated SFT, preference and negative files with a datasheet "
+                        "and lineage, under <state>/feedback/datasets/<tenant>/.")
+    fbd.add_argument("--tenant", default="default")
+    fbd.add_argument("--window-days", type=float, default=30)
+    fbd.add_argument("--min-score", type=float, default=0.7, help="scores below are negative (default 0.7)")
+    fbd.add_argument("--license", default="unspecified")
+    fbd.set_defaults(func=cmd_feedback_build)
+
+    dr = sub.add_parser("drift", help="run detect-drift once",
+                        description="Compare recent prompts with the champion's training prompts (classifier "
+                        "two-sample test on sentence embeddings); emit tuneloop.drift.detected on drift.")
+    dr.add_argument("--config", help="YAML file with a DriftSpec")
+    dr.add_argument("--tenant", default="default")
+    dr.set_defaults(func=cmd_drift)
+
     rt = sub.add_parser("retrain", help="run the retrain flow once, locally",
                         description="validate → train → evaluate candidate and champion → gate → move aliases.")
     spec_args(rt)
@@ -278,8 +347,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_libraries() -> None:
+    """Progress bars and deprecation chatter from libraries drown tuneloop's own progress lines."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*gradient checkpointing.*")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd in ("train", "evaluate", "retrain", "demo", "feedback", "drift"):
+        _quiet_libraries()
     try:
         return args.func(args)
     except UserError as e:

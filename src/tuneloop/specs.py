@@ -106,6 +106,55 @@ class RetrainSpec(_Spec):
         return self
 
 
+class SourceSpec(_Spec):
+    """One feedback source. Secrets are never in a spec: it names the environment variables that hold them."""
+
+    kind: Literal["file", "langsmith", "langfuse"]
+    name: str | None = None
+    tenant: str = "default"
+    path: Path | None = Field(None, description="file: JSONL or CSV")
+    project: str | None = Field(None, description="langsmith: project name")
+    api_url: str | None = Field(None, description="langsmith API URL or langfuse host")
+    feedback_key: str | None = Field(None, description="langsmith: only this feedback key")
+    score_name: str | None = Field(None, description="langfuse: only scores of this name")
+    api_key_env: str = "LANGSMITH_API_KEY"
+    public_key_env: str = "LANGFUSE_PUBLIC_KEY"
+    secret_key_env: str = "LANGFUSE_SECRET_KEY"
+
+    @model_validator(mode="after")
+    def _needs(self):
+        need = {"file": "path", "langsmith": "project", "langfuse": "api_url"}[self.kind]
+        if getattr(self, need) is None:
+            raise ValueError(f"a {self.kind} source needs {need}")
+        return self
+
+
+class CollectSpec(_Spec):
+    """collect-feedback: sources in, new items stored, events out, datasets rebuilt."""
+
+    sources: list[SourceSpec] = Field(min_length=1)
+    min_score: float = Field(0.7, ge=0, le=1, description="scores below are negative")
+    min_rating: float = Field(3, ge=1, le=5, description="ratings below are negative")
+    window_days: float = Field(30, gt=0)
+    max_user_share: float = Field(0.10, gt=0, le=1)
+    license: str = "unspecified"
+    emit_events: bool = True
+    build_datasets: bool = True
+
+
+class DriftSpec(_Spec):
+    """detect-drift: recent prompts against the champion's training prompts."""
+
+    tenant: str = "default"
+    window_days: float = Field(30, gt=0)
+    reference: Path | None = Field(None, description="JSONL of reference rows; default: the champion's training data")
+    backend: Literal["auto", "minilm", "tfidf"] = "auto"
+    alpha: float = Field(0.01, gt=0, lt=1)
+    min_auc: float = Field(0.6, ge=0.5, le=1)
+    max_samples: int = Field(2000, ge=20)
+    emit_events: bool = True
+
+
 def load_yaml_spec(path: str | Path, model: type[BaseModel] = RetrainSpec, **overrides) -> BaseModel:
     """Load a YAML config into a spec, with a clear error naming the field."""
     path = Path(path)

@@ -33,14 +33,12 @@ def demo_spec(data, heldout, **training):
 
 
 def read_artifact(key: str):
-    """All versions of an artifact key, through the REST API (prefect 3.8's client sends nulls it rejects)."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     async def go():
         async with get_client() as client:
-            r = await client._client.post("/artifacts/filter", json={
-                "artifacts": {"key": {"any_": [key]}}, "limit": 50, "offset": 0, "sort": "CREATED_DESC"})
-            return r.json()
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
     return asyncio.run(go())
 
@@ -71,7 +69,7 @@ def test_promotes_good_feedback_then_rejects_corrupted(retrain, tiny_base, demo_
 
     artifacts = read_artifact("retrain-report")
     assert len(artifacts) >= 2
-    text = "\n".join(a["data"] for a in artifacts)
+    text = "\n".join(a.data for a in artifacts)
     assert "PROMOTED" in text and "REJECTED" in text and "| exact_match |" in text
 
 

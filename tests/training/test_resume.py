@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 CONFIG = {
+    "tenant": "demo",
     "training": {"batch_size": 4, "gradient_accumulation": 2, "epochs": 3, "max_steps": 60, "save_every": 5,
                  "eval_every": 10, "dropout": 0.1, "learning_rate": 0.003, "warmup_steps": 10, "seed": 7,
                  "early_stopping_patience": None},

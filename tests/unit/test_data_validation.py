@@ -417,7 +417,7 @@ def test_save_is_idempotent(demo_files, state_dir):
     first = ds.save(root)
     assert first == root / ds.version[:16] and ds.path == first
     assert sorted(p.name for p in first.iterdir()) == \
-        ["eval.jsonl", "manifest.json", "test.jsonl", "train.jsonl", "validation.jsonl"]
+        ["datasheet.json", "eval.jsonl", "manifest.json", "test.jsonl", "train.jsonl", "validation.jsonl"]
     content = {p.name: p.read_bytes() for p in first.iterdir()}
     train = [json.loads(x) for x in (first / "train.jsonl").read_text().splitlines()]
     assert train == [r.to_json() for r in ds.train]

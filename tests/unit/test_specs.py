@@ -9,7 +9,7 @@ import yaml
 
 from conftest import ROOT
 from tuneloop.errors import SpecError
-from tuneloop.specs import RetrainSpec, TrainingSpec, load_yaml_spec, validate_spec
+from tuneloop.specs import CollectSpec, DriftSpec, RetrainSpec, TrainingSpec, load_yaml_spec, validate_spec
 
 DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
 
@@ -22,8 +22,28 @@ def test_prefect_yaml_deployment_parameters_validate(deployment, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
     params = flow.validate_parameters(deployment["parameters"])  # Prefect's own check
-    assert isinstance(params["spec"], RetrainSpec)
+    assert isinstance(params["spec"], (RetrainSpec, CollectSpec, DriftSpec))
     assert deployment["work_pool"]["name"] in {"cpu-pool", "gpu-pool"}
+
+
+def test_schedules_and_triggers_are_declared():
+    by_name = {d["name"]: d for d in DEPLOYMENTS}
+    assert by_name["collect-feedback"]["schedules"] == [{"interval": 3600}]
+    assert by_name["detect-drift"]["schedules"][0]["cron"] == "0 4 * * *"
+    retrain = by_name["retrain"]
+    assert retrain["schedules"] == [{"interval": 168 * 3600}]
+    triggers = {t["expect"][0]: t for t in retrain["triggers"]}
+    assert triggers["tuneloop.feedback.negative"]["threshold"] == 100
+    assert triggers["tuneloop.feedback.negative"]["within"] == 168 * 3600
+    assert triggers["tuneloop.drift.detected"]["threshold"] == 1
+
+
+def test_triggers_are_valid_prefect_triggers():
+    from prefect.events import DeploymentEventTrigger
+
+    for d in DEPLOYMENTS:
+        for t in d.get("triggers", []):
+            DeploymentEventTrigger(**t)
 
 
 def test_deployment_with_a_bad_parameter_is_refused(monkeypatch):
@@ -36,9 +56,13 @@ def test_deployment_with_a_bad_parameter_is_refused(monkeypatch):
         flow.validate_parameters({"spec": {"data": "x.jsonl", "training": {"rank": 0}}})
 
 
+SPEC_BY_PREFIX = {"retrain": RetrainSpec, "collect": CollectSpec, "detect-drift": DriftSpec}
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "deployments").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
-    assert isinstance(load_yaml_spec(path), RetrainSpec)
+    model = next(m for prefix, m in SPEC_BY_PREFIX.items() if path.name.startswith(prefix))
+    assert isinstance(load_yaml_spec(path, model), model)
 
 
 def test_demo_preset_loads_and_differs_from_defaults_only_where_documented():

@@ -10,11 +10,21 @@ from pathlib import Path
 from typing import Callable
 
 from tuneloop.data.validate import Issue, Row, ValidationReport, validate_file
-from tuneloop.errors import DataValidationError
+from tuneloop.errors import DataValidationError, UserError
 from tuneloop.fsutil import atomic_write_text, publish_dir, staging_dir
 from tuneloop.specs import DataSpec
 
 SPLITS = ("train", "validation", "test")
+DATASHEET = "datasheet.json"
+LATEST = "LATEST"
+
+
+def resolve_dataset_dir(path: str | Path) -> Path:
+    """A tenant folder resolves to its latest version; a version folder to itself."""
+    path = Path(path)
+    if (path / LATEST).exists():
+        return path / (path / LATEST).read_text().strip()
+    return path
 
 
 @dataclass
@@ -27,6 +37,7 @@ class PreparedDataset:
     eval_rows: list[Row]  # what candidates and champions are compared on
     stats: dict = field(default_factory=dict)
     path: Path | None = None
+    datasheet: dict = field(default_factory=dict)
 
     def manifest(self) -> dict:
         return {"version": self.version, "source": self.source, "stats": self.stats,
@@ -43,6 +54,7 @@ class PreparedDataset:
                 (tmp / f"{split}.jsonl").write_text("".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rows))
             atomic_write_text(tmp / "manifest.json", json.dumps(
                 self.manifest() | {"created_at": datetime.now(timezone.utc).isoformat()}, indent=2))
+            atomic_write_text(tmp / "datasheet.json", json.dumps(self.datasheet, indent=2))
             publish_dir(tmp, final)
         self.path = final
         return final
@@ -79,6 +91,20 @@ def read_rows_strict(path: str | Path, spec: DataSpec, count_tokens=None, max_to
     return report
 
 
+def resolve_input(data: str | Path) -> tuple[Path, dict | None]:
+    """A JSONL file as is; a dataset folder (built from feedback) must carry its datasheet."""
+    path = Path(data)
+    if not path.is_dir():
+        return path, None
+    folder = resolve_dataset_dir(path)
+    sheet = folder / DATASHEET
+    if not sheet.exists():
+        raise UserError(str(folder), "has no datasheet.json, and training needs one (sources, license, window, "
+                        "redaction, tenant)", "build the folder with the collect-feedback flow or "
+                        "`tuneloop feedback build`, or pass a JSONL file")
+    return folder / "sft.jsonl", json.loads(sheet.read_text())
+
+
 def prepare_dataset(
     data: str | Path,
     spec: DataSpec,
@@ -86,9 +112,22 @@ def prepare_dataset(
     count_tokens: Callable[[list[dict]], int] | None = None,
     max_tokens: int | None = None,
     report_dir: Path | None = None,
+    tenant: str | None = None,
 ) -> PreparedDataset:
-    """Validate, deduplicate, split and leak-check. Raises before writing anything if data is bad."""
+    """Validate, deduplicate, split and leak-check. Raises before writing anything if data is bad.
+
+    With `tenant`, every row must belong to it: tenants are never mixed in one dataset.
+    """
+    data, sheet = resolve_input(data)
+    if sheet is not None and tenant is not None and sheet.get("tenant") != tenant:
+        raise UserError(str(data.parent), f"was built for tenant {sheet.get('tenant')!r}, not {tenant!r}",
+                        "train each tenant on its own dataset folder")
     report = read_rows_strict(data, spec, count_tokens, max_tokens, report_dir)
+    if tenant is not None:
+        foreign = [Issue(r.line, "tenant", f"row belongs to tenant {r.tenant!r}, this dataset is for {tenant!r}")
+                   for r in report.rows if r.tenant != tenant]
+        if foreign:
+            raise DataValidationError(str(data), foreign)
     rows, seen, dups = [], set(), 0
     for r in report.rows:
         if r.key in seen:
@@ -123,5 +162,9 @@ def prepare_dataset(
     stats = {"rows_read": report.lines_read, "valid_rows": len(report.rows), "duplicates_removed": dups,
              "eval_leaks_removed": leaks, "eval_source": str(eval_data) if eval_data else "test split"}
     version = dataset_version({**splits, "eval": eval_rows})
+    datasheet = sheet or {"sources": [str(data)], "license": "unspecified", "tenant": tenant,
+                          "redaction": {"applied": False}, "note": "a JSONL file given directly"}
+    datasheet = datasheet | {"prepared": {"version": version, "stats": stats,
+                                          "splits": {s: len(splits[s]) for s in SPLITS}}}
     return PreparedDataset(version, str(data), splits["train"], splits["validation"], splits["test"],
-                           eval_rows, stats)
+                           eval_rows, stats, datasheet=datasheet)

@@ -31,6 +31,7 @@ FIXES = {
     "too_long": "shorten the conversation or raise dataset.max_tokens (up to the model's context length)",
     "range": "ratings are 1-5 and scores 0-1",
     "too_few_examples": "add rows: at least the minimum number of valid examples is needed",
+    "tenant": "split the file per tenant and train each tenant separately",
 }
 
 
