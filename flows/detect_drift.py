@@ -31,14 +31,17 @@ def detect_drift(spec: DriftSpec) -> dict:
     path = get_settings().state_dir / "drift" / spec.tenant / f"drift-{stamp}.json"
     data = report.to_json() | {"reference_source": where, "tenant": spec.tenant, "window_days": spec.window_days}
     atomic_write_text(path, json.dumps(data, indent=2, default=str))
-    verdict = "DRIFT DETECTED" if report.drifted else "no drift"
+    fired = report.drifted or report.output_dropped
+    verdict = ("DRIFT DETECTED" if report.drifted else "no prompt drift") + \
+        ("; feedback scores dropped" if report.output_dropped else "")
     create_markdown_artifact(
         f"# detect-drift ({spec.tenant}): {verdict}\n\n"
         f"- reference: {where}, {report.n_reference} prompts\n- window: last {spec.window_days:g} days, "
         f"{report.n_window} prompts\n- classifier AUC {report.auc:.3f}, p-value {report.p_value:.3g} "
         f"(alpha {spec.alpha}, min AUC {spec.min_auc}), embeddings: {report.backend}\n"
         f"- report: `{path}`\n", key=f"drift-{spec.tenant}", description=verdict)
-    if report.drifted and spec.emit_events:
+    if fired and spec.emit_events:
         emit_drift_event(spec, report, path)
     logger.info(f"{verdict}: AUC {report.auc:.3f}, p {report.p_value:.3g}")
-    return {"drifted": report.drifted, "report": str(path), "auc": report.auc, "p_value": report.p_value}
+    return {"drifted": report.drifted, "output_dropped": report.output_dropped, "report": str(path),
+            "auc": report.auc, "p_value": report.p_value, "event": bool(fired and spec.emit_events)}

@@ -49,5 +49,7 @@ def run_drift_test(spec: DriftSpec, reference: list[str], window: dict) -> Drift
 def emit_drift_event(spec: DriftSpec, report: DriftReport, report_path: Path) -> None:
     emit_event(event=DRIFT_EVENT,
                resource={"prefect.resource.id": f"tuneloop.drift.{spec.tenant}", "tuneloop.tenant": spec.tenant},
-               payload={"auc": report.auc, "p_value": report.p_value, "report": str(report_path)})
-    get_run_logger().warning(f"drift detected for tenant {spec.tenant}: AUC {report.auc:.3f}, p {report.p_value:.2g}")
+               payload={"prompts_drifted": report.drifted, "scores_dropped": report.output_dropped,
+                        "auc": report.auc, "p_value": report.p_value, "report": str(report_path)})
+    get_run_logger().warning(f"drift for tenant {spec.tenant}: prompts drifted={report.drifted} "
+                             f"(AUC {report.auc:.3f}, p {report.p_value:.2g}), scores dropped={report.output_dropped}")
