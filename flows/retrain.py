@@ -10,6 +10,7 @@ from tasks.registry import apply_decision, publish_report, register_candidate
 from tasks.training import train_adapter
 from tuneloop.registry import open_registry
 from tuneloop.specs import RetrainSpec
+from tuneloop.summary import build_summary
 
 
 @flow(name="retrain")
@@ -38,13 +39,9 @@ def retrain(spec: RetrainSpec) -> dict:
                "dataset": dataset.manifest()},
     )
     apply_decision(version.id, decision)
-    summary = {
-        "version": version.id, "promoted": decision.promote, "decision": decision.to_json(),
-        "candidate_metrics": candidate.metrics, "incumbent_metrics": incumbent.metrics,
-        "incumbent_label": incumbent.label, "dataset_version": dataset.version,
-        "dataset_splits": dataset.manifest()["splits"], "training": version.manifest["training"],
-        "run_dir": str(trained.run_dir),
-    }
+    summary = build_summary(version.id, decision, candidate, incumbent, trained.to_json(), dataset,
+                            confidence=spec.gate.confidence, resamples=spec.gate.bootstrap_resamples)
+    summary["run_dir"] = str(trained.run_dir)
     publish_report(summary)
     logger.info(decision.reason)
     return summary

@@ -26,6 +26,8 @@ def apply_decision(version_id: str, decision: Decision) -> None:
 
 @task(name="publish-report", **TASK_DEFAULTS)
 def publish_report(summary: dict) -> str:
+    """The summary goes into the registry beside the version; people read it as a Prefect artifact."""
+    open_registry().attach(summary["version"], "evaluation.json", summary)
     markdown = retrain_markdown(summary)
     create_markdown_artifact(markdown, key="retrain-report", description=summary["decision"]["reason"][:250])
     return markdown

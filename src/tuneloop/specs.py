@@ -75,6 +75,12 @@ class GateSpec(_Spec):
     margin: float = Field(0.02, ge=0.0, le=1.0, description="needed gain over the champion on the same items")
     min_metrics: dict[str, float] = Field(default_factory=lambda: {"exact_match": 0.0})
     max_perplexity: float | None = Field(None, gt=0)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="of the paired bootstrap interval")
+    bootstrap_resamples: int = Field(2000, ge=0, description="0 compares point estimates only")
+    seed: int = 0
+    guarded: dict[str, float] = Field(default_factory=dict,
+                                      description="benchmark name -> largest allowed drop (forgetting guard)")
+    default_tolerance: float = Field(0.02, ge=0, le=1)
 
     @field_validator("min_metrics")
     @classmethod

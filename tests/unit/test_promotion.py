@@ -8,9 +8,16 @@ import pytest
 
 from tuneloop.errors import TuneloopError
 from tuneloop.promotion import Decision, decide
-from tuneloop.specs import GateSpec
+from tuneloop.specs import GateSpec as _GateSpec
 
 N = 10
+
+
+def GateSpec(**kw) -> _GateSpec:
+    """The point-estimate gate (no bootstrap): these tables test the checks themselves.
+
+    The interval gate has its own tests in test_gate_intervals.py."""
+    return _GateSpec(**({"bootstrap_resamples": 0} | kw))
 
 
 def items(metric: str, hits: int, n: int = N) -> dict[str, dict[str, float]]:
@@ -89,7 +96,7 @@ def test_margin_failure_reason_names_metric_values_and_margin():
                gate, incumbent_label="base model")
     assert not d.promote
     assert "exact_match gain over base model is 0.1, needs >= 0.2" in d.reason
-    assert "exact_match 0.6000 vs base model 0.5000 on the same 10 items" in d.reason
+    assert "exact_match 0.6000 vs base model 0.5000, difference +0.1000 on the same 10 items" in d.reason
 
 
 def test_missing_min_metric_counts_as_failure():
@@ -164,7 +171,8 @@ def test_to_json_round_trips():
     back = json.loads(json.dumps(data))
     assert back == data
     assert Decision(**back) == d
-    assert set(back) == {"promote", "reason", "metric", "candidate", "incumbent", "delta", "items", "checks"}
+    assert set(back) == {"promote", "reason", "metric", "candidate", "incumbent", "delta", "items", "checks",
+                         "interval", "guarded"}
     assert all(isinstance(c["ok"], bool) for c in back["checks"])
 
 

@@ -145,6 +145,19 @@ class LocalRegistry:
                 aliases[alias] = self.resolve(ref)
             atomic_write_text(self.root / "aliases.json", json.dumps(aliases, indent=2))
 
+    def attach(self, ref: str, name: str, data: dict) -> Path:
+        """Write a JSON document beside a version (evaluation.json, benchmark results), atomically.
+
+        The manifest and its checksums stay untouched: attachments are reports about a version."""
+        if "/" in name or name in ("manifest.json", "status.json") or not name.endswith(".json"):
+            raise RegistryError(f"attachment name {name!r} must be a plain *.json file name other than the "
+                                "manifest or status")
+        return atomic_write_text(self.get(ref).path / name, json.dumps(data, indent=2, default=str))
+
+    def attachment(self, ref: str, name: str) -> dict | None:
+        path = self.get(ref).path / name
+        return json.loads(path.read_text()) if path.exists() else None
+
     def record_decision(self, ref: str, decision: dict) -> None:
         """Apply a gate decision: the winner becomes champion, a loser is kept as rejected with its reason."""
         vid = self.resolve(ref)
