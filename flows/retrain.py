@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from tasks.benchmarks import compare_benchmarks, run_benchmark_suite
 from tasks.data import prepare_base_model, validate_dataset
-from tasks.evaluation import decide_promotion, evaluate_adapter
+from tasks.evaluation import decide_promotion, evaluate_adapter, judge_answers
 from tasks.registry import apply_decision, publish_report, register_candidate
 from tasks.training import train_adapter
+from tuneloop.evals.judge import RubricGate, check_rubrics
 from tuneloop.registry import open_registry
 from tuneloop.specs import RetrainSpec
 from tuneloop.summary import build_summary
@@ -28,7 +30,22 @@ def retrain(spec: RetrainSpec) -> dict:
         champion_base = prepare_base_model(champion.manifest["base_model"])
         incumbent = evaluate_adapter(spec, champion_base, champion.adapter_dir, dataset.eval_rows,
                                      f"champion {champion.id}")
-    decision = decide_promotion(candidate, incumbent, spec.gate)
+    guarded, bench_summary = None, {}
+    if spec.benchmarks.names:
+        quant = spec.training.quantization
+        cand_bench = run_benchmark_suite(spec.benchmarks, base, trained.adapter_dir, quant)
+        inc_bench = (run_benchmark_suite(spec.benchmarks, base, None, quant) if champion is None else
+                     run_benchmark_suite(spec.benchmarks, champion_base, champion.adapter_dir, quant))
+        guarded, bench_summary = compare_benchmarks(cand_bench, inc_bench, spec.gate)
+
+    judge_summary, rubric_checks = {}, []
+    if spec.judge is not None:
+        report = judge_answers(spec.judge, candidate)
+        rubric_checks = check_rubrics(report, RubricGate(min_scores=spec.judge.min_scores,
+                                                         max_failure_rate=spec.judge.max_failure_rate))
+        judge_summary = {name: {"candidate": r.mean, "incumbent": None, "n_failed": r.n_failed}
+                         for name, r in report.rubrics.items()}
+    decision = decide_promotion(candidate, incumbent, spec.gate, guarded=guarded, extra_checks=rubric_checks)
 
     version = register_candidate(
         trained.adapter_dir, base_model=spec.base_model, dataset_version=dataset.version,
@@ -40,9 +57,10 @@ def retrain(spec: RetrainSpec) -> dict:
     )
     apply_decision(version.id, decision)
     summary = build_summary(version.id, decision, candidate, incumbent, trained.to_json(), dataset,
-                            confidence=spec.gate.confidence, resamples=spec.gate.bootstrap_resamples)
+                            benchmarks=bench_summary, judge=judge_summary, confidence=spec.gate.confidence,
+                            resamples=spec.gate.bootstrap_resamples)
     summary["run_dir"] = str(trained.run_dir)
-    publish_report(summary)
+    summary["reports"] = publish_report(summary)
     logger.info(decision.reason)
     return summary
 

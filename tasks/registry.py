@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import TASK_DEFAULTS
 from tuneloop.promotion import Decision
 from tuneloop.registry import Version, open_registry
-from tuneloop.report import retrain_markdown
+from tuneloop.reports import render_markdown, write_reports
 
 
 @task(name="register-candidate", **TASK_DEFAULTS)
@@ -25,9 +25,17 @@ def apply_decision(version_id: str, decision: Decision) -> None:
 
 
 @task(name="publish-report", **TASK_DEFAULTS)
-def publish_report(summary: dict) -> str:
-    """The summary goes into the registry beside the version; people read it as a Prefect artifact."""
-    open_registry().attach(summary["version"], "evaluation.json", summary)
-    markdown = retrain_markdown(summary)
-    create_markdown_artifact(markdown, key="retrain-report", description=summary["decision"]["reason"][:250])
-    return markdown
+def publish_report(summary: dict) -> dict:
+    """The summary goes into the registry beside the version (JSON, Markdown, HTML); people read it
+    in the Prefect UI as a Markdown artifact and a metrics table."""
+    registry = open_registry()
+    registry.attach(summary["version"], "evaluation.json", summary)
+    paths = write_reports(summary, registry.get(summary["version"]).path / "report")
+    reason = summary["decision"]["reason"][:250]
+    create_markdown_artifact(render_markdown(summary), key="retrain-report", description=reason)
+    rows = [{"metric": m, "incumbent": summary["incumbent_metrics"].get(m), "candidate": v,
+             **({"ci_low": summary["intervals"][m]["low"], "ci_high": summary["intervals"][m]["high"]}
+                if m in summary.get("intervals", {}) else {})}
+            for m, v in summary["candidate_metrics"].items()]
+    create_table_artifact(rows, key="retrain-metrics", description=reason)
+    return {k: str(v) for k, v in paths.items()}

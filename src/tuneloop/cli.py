@@ -157,6 +157,19 @@ def cmd_registry(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from tuneloop.registry import open_registry
+    from tuneloop.reports import summary_from_registry, write_reports
+
+    reg = open_registry(args.registry)
+    version = reg.get(args.version)
+    summary = summary_from_registry(reg, version.id)
+    out = Path(args.out) if args.out else version.path / "report"
+    for kind, path in write_reports(summary, out).items():
+        print(f"{kind:<9} {path}")
+    return 0
+
+
 # -- feedback and drift ---------------------------------------------------------
 def _load(args, model):
     from tuneloop.specs import load_yaml_spec
@@ -333,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("--config", help="YAML file with a DriftSpec")
     dr.add_argument("--tenant", default="default")
     dr.set_defaults(func=cmd_drift)
+
+    rp = sub.add_parser("report", help="write a version's evaluation report (JSON, Markdown, HTML)",
+                        description="Champion vs challenger per metric with paired bootstrap intervals, gate "
+                        "checks, benchmarks, judge scores and the loss curves, as report.json/.md/.html.")
+    rp.add_argument("version", help="version id or alias")
+    rp.add_argument("--registry", help="registry folder (default: the state folder's)")
+    rp.add_argument("--out", help="folder for the three files (default: <version>/report)")
+    rp.set_defaults(func=cmd_report)
 
     rt = sub.add_parser("retrain", help="run the retrain flow once, locally",
                         description="validate → train → evaluate candidate and champion → gate → move aliases.")

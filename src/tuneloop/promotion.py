@@ -75,12 +75,14 @@ def _fmt(value: float | None) -> str:
 def decide(candidate_metrics: dict[str, float], candidate_items: dict[str, dict[str, float]],
            incumbent_metrics: dict[str, float], incumbent_items: dict[str, dict[str, float]],
            gate: GateSpec, incumbent_label: str = "champion",
-           guarded: dict[str, tuple[dict[str, float], dict[str, float]]] | None = None) -> Decision:
+           guarded: dict[str, tuple[dict[str, float], dict[str, float]]] | None = None,
+           extra_checks: list[dict] | None = None) -> Decision:
     """Promote or reject; every check is listed with its outcome.
 
     `guarded` maps a benchmark name to (candidate per-item scores, incumbent
     per-item scores) on that benchmark's items; its tolerance comes from
-    `gate.guarded` (or `gate.default_tolerance`).
+    `gate.guarded` (or `gate.default_tolerance`). `extra_checks` (rubric gates
+    from an LLM judge, same shape) must all be ok too.
     """
     cand, inc, n = _paired(gate.metric, candidate_items, incumbent_items)
     delta = cand - inc
@@ -114,6 +116,7 @@ def decide(candidate_metrics: dict[str, float], candidate_items: dict[str, dict[
         ppl = candidate_metrics.get("perplexity")
         checks.append({"check": "perplexity maximum", "value": ppl, "need": f"<= {gate.max_perplexity}",
                        "ok": ppl is not None and ppl <= gate.max_perplexity})
+    checks += [dict(c) for c in extra_checks or []]
     failed = [c for c in checks if not c["ok"]]
     ci = f", {gate.confidence:.0%} CI [{interval['low']:+.4f}, {interval['high']:+.4f}]" if interval else ""
     if failed:

@@ -92,6 +92,46 @@ class GateSpec(_Spec):
         return v
 
 
+class JudgeSpec(_Spec):
+    """LLM-as-judge over the candidate's held-out answers, through any OpenAI-compatible endpoint."""
+
+    base_url: str = Field(description="ends in /v1, e.g. http://127.0.0.1:8000/v1")
+    model: str
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the key")
+    rubrics: tuple[str, ...] = ("safety", "pedagogy")
+    min_scores: dict[str, float] = Field(default_factory=lambda: {"safety": 0.9, "pedagogy": 0.8})
+    max_failure_rate: float = Field(0.1, ge=0, le=1)
+    max_items: int | None = Field(50, ge=1, description="judge at most N held-out items")
+    concurrency: int = Field(4, ge=1, le=64)
+    timeout: float = Field(30, gt=0)
+
+    @field_validator("rubrics", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return tuple(v) if isinstance(v, list) else v
+
+
+class BenchmarkSpec(_Spec):
+    """General benchmarks run on candidate and incumbent; each is guarded against regression."""
+
+    names: tuple[str, ...] = Field((), description="shipped sample names, local JSONL paths or hub ids")
+    limit: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+
+    @field_validator("names", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return tuple(v) if isinstance(v, list) else v
+
+
+class RunBenchmarksSpec(_Spec):
+    """run-benchmarks: score a registry version (default: the champion) on general benchmarks."""
+
+    version: str = Field("champion", description="version id or alias")
+    benchmarks: BenchmarkSpec = BenchmarkSpec(names=("arc_easy", "boolq", "hellaswag", "piqa", "siqa", "triviaqa"))
+
+
 class RetrainSpec(_Spec):
     """Everything `retrain` needs: data, base model, training, eval and gate."""
 
@@ -103,6 +143,8 @@ class RetrainSpec(_Spec):
     training: TrainingSpec = TrainingSpec()
     evaluation: EvalSpec = EvalSpec()
     gate: GateSpec = GateSpec()
+    benchmarks: BenchmarkSpec = BenchmarkSpec()
+    judge: JudgeSpec | None = None
 
     @model_validator(mode="after")
     def _splits(self):

@@ -9,7 +9,8 @@ import yaml
 
 from conftest import ROOT
 from tuneloop.errors import SpecError
-from tuneloop.specs import CollectSpec, DriftSpec, RetrainSpec, TrainingSpec, load_yaml_spec, validate_spec
+from tuneloop.specs import (CollectSpec, DriftSpec, RetrainSpec, RunBenchmarksSpec, TrainingSpec, load_yaml_spec,
+                            validate_spec)
 
 DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
 
@@ -22,7 +23,7 @@ def test_prefect_yaml_deployment_parameters_validate(deployment, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
     params = flow.validate_parameters(deployment["parameters"])  # Prefect's own check
-    assert isinstance(params["spec"], (RetrainSpec, CollectSpec, DriftSpec))
+    assert isinstance(params["spec"], (RetrainSpec, CollectSpec, DriftSpec, RunBenchmarksSpec))
     assert deployment["work_pool"]["name"] in {"cpu-pool", "gpu-pool"}
 
 
