@@ -54,10 +54,6 @@ class TrainingSpec(_Spec):
     early_stopping_patience: int | None = Field(3, ge=1, description="evaluations without improvement; null disables")
     seed: int = 42
 
-    @field_validator("target_modules", mode="before")
-    @classmethod
-    def _listify(cls, v):
-        return tuple(v) if isinstance(v, list) else v
 
 
 class EvalSpec(_Spec):
@@ -105,10 +101,6 @@ class JudgeSpec(_Spec):
     concurrency: int = Field(4, ge=1, le=64)
     timeout: float = Field(30, gt=0)
 
-    @field_validator("rubrics", mode="before")
-    @classmethod
-    def _listify(cls, v):
-        return tuple(v) if isinstance(v, list) else v
 
 
 class BenchmarkSpec(_Spec):
@@ -119,10 +111,6 @@ class BenchmarkSpec(_Spec):
     batch_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(32, ge=1)
 
-    @field_validator("names", mode="before")
-    @classmethod
-    def _listify(cls, v):
-        return tuple(v) if isinstance(v, list) else v
 
 
 class RunBenchmarksSpec(_Spec):

@@ -8,15 +8,13 @@ so a crash between the two only means re-fetching items the ledger drops.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 from tuneloop.feedback.items import FeedbackItem
-from tuneloop.fsutil import atomic_write_text
+from tuneloop.fsutil import atomic_write_text, locked
 
 
 def _safe(name: str) -> str:
@@ -29,15 +27,8 @@ class FeedbackStore:
         self.ledger = self.root / "items.jsonl"
         self._ids: set[str] | None = None
 
-    @contextmanager
     def _lock(self):
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return locked(self.root)
 
     def items(self) -> list[FeedbackItem]:
         """Every stored item, oldest write first. A torn last line (crash mid-append) is ignored."""

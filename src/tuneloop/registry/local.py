@@ -11,16 +11,14 @@ files are replaced atomically, so a crash never leaves a half-written version.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from tuneloop.errors import NotFoundError, RegistryError
-from tuneloop.fsutil import atomic_write_text, publish_dir, sha256_file, staging_dir
+from tuneloop.fsutil import atomic_write_text, locked, publish_dir, sha256_file, staging_dir
 
 ALIASES = ("champion", "challenger")
 
@@ -93,15 +91,8 @@ class LocalRegistry:
         return bad
 
     # -- writing -------------------------------------------------------------
-    @contextmanager
     def _lock(self):
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        return locked(self.root)
 
     def create_version(self, adapter_dir: str | Path, *, base_model: str, dataset_version: str,
                        parent_version: str | None, spec: dict, metrics: dict, extra: dict | None = None) -> Version:
