@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.states import Cancelled
 
 from tasks.benchmarks import compare_benchmarks, run_benchmark_suite
 from tasks.data import prepare_base_model, validate_dataset
 from tasks.evaluation import decide_promotion, evaluate_adapter, judge_answers
+from tasks.guards import Approval, estimate_job
 from tasks.registry import apply_decision, publish_report, register_candidate
 from tasks.training import train_adapter
 from tuneloop.evals.judge import RubricGate, check_rubrics
+from tuneloop.guards import RunGuard, check
 from tuneloop.registry import open_registry
 from tuneloop.specs import RetrainSpec
 from tuneloop.summary import build_summary
@@ -21,8 +26,29 @@ def retrain(spec: RetrainSpec) -> dict:
     base = prepare_base_model(spec.base_model)
     dataset = validate_dataset(spec, base)  # raises before anything is written if the data is bad
 
+    est = estimate_job(spec, base, dataset)
+    verdict = check(est, spec.guards)
+    if verdict.action == "refuse":
+        logger.warning(verdict.reason)
+        return Cancelled(message=f"refused before start: {verdict.reason}")
+    if verdict.action == "needs_approval":
+        logger.warning(f"{verdict.reason}; waiting for approval (Resume with approve=true/false in the UI)")
+        timeout = int(spec.guards.approval_timeout_s)
+        try:
+            answer = pause_flow_run(wait_for_input=Approval, timeout=timeout, poll_interval=min(10, max(1, timeout // 10)))
+        except FlowPauseTimeout:
+            # Prefect ends a timed-out pause as Failed ("... never resumed"); the reason is logged here
+            logger.warning(f"no approval within {timeout} s: rejected ({verdict.reason})")
+            return Cancelled(message=f"no approval within {timeout} s: rejected ({verdict.reason})")
+        if not answer.approve:
+            return Cancelled(message=f"rejected by a person: {answer.reason or 'no reason given'}")
+        logger.info(f"approved: {answer.reason or 'no reason given'}")
+
     champion = open_registry().champion()
-    trained = train_adapter(spec, base, dataset)
+    trained = train_adapter(spec, base, dataset, RunGuard(spec.guards, est))
+    if trained.stopped_reason:
+        return Cancelled(message=f"stopped by the guard at step {trained.steps}/{trained.total_steps}: "
+                                 f"{trained.stopped_reason}; the checkpoint is kept, rerun to resume")
     candidate = evaluate_adapter(spec, base, trained.adapter_dir, dataset.eval_rows, "candidate")
     if champion is None:
         incumbent = evaluate_adapter(spec, base, None, dataset.eval_rows, "base")
@@ -55,7 +81,7 @@ def retrain(spec: RetrainSpec) -> dict:
                "incumbent": {"label": incumbent.label, "metrics": incumbent.metrics},
                "dataset": dataset.manifest()},
     )
-    apply_decision(version.id, decision)
+    apply_decision(version.id, decision, spec.tenant)
     summary = build_summary(version.id, decision, candidate, incumbent, trained.to_json(), dataset,
                             benchmarks=bench_summary, judge=judge_summary, confidence=spec.gate.confidence,
                             resamples=spec.gate.bootstrap_resamples)

@@ -9,6 +9,7 @@ from prefect.events import emit_event
 
 from tasks import TASK_DEFAULTS
 from tasks.feedback import feedback_store
+from tuneloop import observability as metrics
 from tuneloop.drift import DriftReport, detect_drift
 from tuneloop.feedback.window import prompts_from_jsonl, scores, split_window
 from tuneloop.registry import open_registry
@@ -47,6 +48,7 @@ def run_drift_test(spec: DriftSpec, reference: list[str], window: dict) -> Drift
 
 @task(name="emit-drift-event", **TASK_DEFAULTS)
 def emit_drift_event(spec: DriftSpec, report: DriftReport, report_path: Path) -> None:
+    metrics.record_drift(spec.tenant)
     emit_event(event=DRIFT_EVENT,
                resource={"prefect.resource.id": f"tuneloop.drift.{spec.tenant}", "tuneloop.tenant": spec.tenant},
                payload={"prompts_drifted": report.drifted, "scores_dropped": report.output_dropped,

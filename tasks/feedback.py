@@ -6,6 +6,7 @@ from prefect import get_run_logger, task
 from prefect.events import emit_event
 
 from tasks import TASK_DEFAULTS
+from tuneloop import observability as metrics
 from tuneloop.feedback.build import FeedbackDataset, build_feedback_dataset
 from tuneloop.feedback.collect import CollectResult, collect
 from tuneloop.feedback.items import FeedbackPolicy
@@ -24,6 +25,9 @@ def feedback_store() -> FeedbackStore:
 @task(name="collect-source", **TASK_DEFAULTS)
 def collect_source(source: SourceSpec) -> CollectResult:
     result = collect(make_source(source), feedback_store())
+    for item in result.new:
+        metrics.record_feedback(result.source, item.label()[0])
+    metrics.write_textfile(get_settings().state_dir / "metrics" / "tuneloop.prom")
     logger = get_run_logger()
     for err in result.errors[:20]:
         logger.warning(f"{result.source}: skipped {err}")

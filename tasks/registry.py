@@ -6,9 +6,11 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks import TASK_DEFAULTS
+from tuneloop import observability as metrics
 from tuneloop.promotion import Decision
 from tuneloop.registry import Version, open_registry
 from tuneloop.reports import render_markdown, write_reports
+from tuneloop.settings import get_settings
 
 
 @task(name="register-candidate", **TASK_DEFAULTS)
@@ -20,8 +22,12 @@ def register_candidate(adapter_dir, **manifest) -> Version:
 
 
 @task(name="apply-decision", **TASK_DEFAULTS)
-def apply_decision(version_id: str, decision: Decision) -> None:
-    open_registry().record_decision(version_id, decision.to_json())
+def apply_decision(version_id: str, decision: Decision, tenant: str = "default") -> None:
+    registry = open_registry()
+    registry.record_decision(version_id, decision.to_json())
+    metrics.record_promotion(tenant, decision.promote)
+    metrics.record_evaluation(version_id, registry.get(version_id).metrics)
+    metrics.write_textfile(get_settings().state_dir / "metrics" / "tuneloop.prom")
 
 
 @task(name="publish-report", **TASK_DEFAULTS)

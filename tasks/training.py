@@ -8,6 +8,7 @@ import json
 from prefect import get_run_logger, task
 
 from tasks import TASK_DEFAULTS
+from tuneloop import observability as metrics
 from tuneloop.data import PreparedDataset
 from tuneloop.settings import get_settings
 from tuneloop.specs import RetrainSpec
@@ -21,7 +22,19 @@ def run_id(spec: RetrainSpec, base_path: str, dataset_version: str) -> str:
 
 
 @task(name="train-adapter", **TASK_DEFAULTS)
-def train_adapter(spec: RetrainSpec, base_path: str, dataset: PreparedDataset) -> TrainResult:
+def train_adapter(spec: RetrainSpec, base_path: str, dataset: PreparedDataset, should_stop=None) -> TrainResult:
+    """Train or resume; `should_stop` (a RunGuard) may end the run early with a reason, checkpoint kept."""
     run_dir = get_settings().runs_dir / run_id(spec, base_path, dataset.version)
-    return train_lora(spec.training, base_path, dataset.train, dataset.validation, run_dir,
-                      resume=True, log=get_run_logger().info)
+    logger = get_run_logger()
+    logger.info(f"TensorBoard logs: tensorboard --logdir {run_dir / 'tb'}")
+    metrics.record_training_started(spec.tenant)
+    try:
+        result = train_lora(spec.training, base_path, dataset.train, dataset.validation, run_dir,
+                            resume=True, log=logger.info, should_stop=should_stop)
+    except Exception:
+        metrics.record_training_finished(spec.tenant, "failed", 0.0)
+        raise
+    metrics.record_training_finished(spec.tenant, "cancelled" if result.stopped_reason else "succeeded",
+                                     result.seconds)
+    metrics.record_loss(run_dir.name, result.final_loss, result.tokens_per_s)
+    return result

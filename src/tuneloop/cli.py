@@ -242,7 +242,7 @@ def cmd_demo(args) -> int:
     os.environ["TUNELOOP_STATE_DIR"] = str(demo_dir)
     os.environ.setdefault("PREFECT_HOME", str(main.state_dir / "prefect"))
     paths = write_demo_data(demo_dir / "data", seed=args.seed)
-    preset = yaml.safe_load(resources.files("tuneloop").joinpath("presets/demo.yaml").read_text())
+    preset = yaml.safe_load(resources.files("tuneloop").joinpath("assets/demo-preset.yaml").read_text())
     retrain = _import_flow("retrain")
 
     print(f"\n== run 1: retrain on {paths['feedback'].name} (clean feedback) ==")

@@ -120,6 +120,17 @@ class RunBenchmarksSpec(_Spec):
     benchmarks: BenchmarkSpec = BenchmarkSpec(names=("arc_easy", "boolq", "hellaswag", "piqa", "siqa", "triviaqa"))
 
 
+class GuardSpec(_Spec):
+    """Spending and time caps for one training job."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_usd: float = Field(50, ge=0, description="refuse (or abort) a job estimated above this")
+    max_hours: float = Field(6, gt=0, description="refuse (or abort) a job estimated to run longer")
+    approval_usd: float = Field(15, ge=0, description="ask for approval above this")
+    approval_timeout_s: float = Field(3600, gt=0, description="how long to wait for approval before giving up")
+
+
 class RetrainSpec(_Spec):
     """Everything `retrain` needs: data, base model, training, eval and gate."""
 
@@ -133,6 +144,8 @@ class RetrainSpec(_Spec):
     gate: GateSpec = GateSpec()
     benchmarks: BenchmarkSpec = BenchmarkSpec()
     judge: JudgeSpec | None = None
+    guards: GuardSpec = GuardSpec()
+    hardware: str = Field("cpu", description="a row of tuneloop.presets.HARDWARE: prices and throughput for estimates")
 
     @model_validator(mode="after")
     def _splits(self):

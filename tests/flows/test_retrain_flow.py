@@ -27,7 +27,7 @@ def retrain(prefect_harness):
 
 
 def demo_spec(data, heldout, **training):
-    preset = yaml.safe_load(resources.files("tuneloop").joinpath("presets/demo.yaml").read_text())
+    preset = yaml.safe_load(resources.files("tuneloop").joinpath("assets/demo-preset.yaml").read_text())
     preset["training"] |= training
     return validate_spec(preset | {"data": str(data), "eval_data": str(heldout)})
 

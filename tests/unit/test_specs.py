@@ -67,7 +67,7 @@ def test_shipped_configs_load(path):
 
 
 def test_demo_preset_loads_and_differs_from_defaults_only_where_documented():
-    raw = yaml.safe_load(resources.files("tuneloop").joinpath("presets/demo.yaml").read_text())
+    raw = yaml.safe_load(resources.files("tuneloop").joinpath("assets/demo-preset.yaml").read_text())
     spec = validate_spec(raw)
     assert spec.training.learning_rate != TrainingSpec().learning_rate
     assert spec.training.rank == 16 and spec.training.alpha == 32  # the LoRA shape itself is the default

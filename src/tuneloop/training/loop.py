@@ -43,6 +43,7 @@ class TrainResult:
     resumed_from_step: int | None
     trainable_params: int
     history: list[dict] = field(default_factory=list)
+    stopped_reason: str | None = None  # set when `should_stop` ended the run; resume continues it
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -122,8 +123,13 @@ def train_lora(
     run_dir: Path,
     resume: bool = True,
     log: Callable[[str], None] = print,
+    should_stop: Callable[[int, int, float], str | None] | None = None,
 ) -> TrainResult:
-    """Train (or resume) a LoRA adapter in run_dir; the best adapter ends in run_dir/adapter."""
+    """Train (or resume) a LoRA adapter in run_dir; the best adapter ends in run_dir/adapter.
+
+    `should_stop(step, total_steps, elapsed_s)` is asked after each optimizer step (elapsed_s counts
+    this process only); a reason stops the run after checkpointing that step, so it resumes exactly.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _seed_all(spec.seed)
@@ -178,7 +184,8 @@ def train_lora(
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
 
-    while state["global_step"] < total and not state["stopped_early"]:
+    stopped_reason = None
+    while state["global_step"] < total and not state["stopped_early"] and stopped_reason is None:
         order = epoch_order(len(train_enc), spec.seed, state["epoch"])
         micro = [order[i: i + spec.batch_size] for i in range(0, len(order), spec.batch_size)]
         while state["step_in_epoch"] < steps_per_epoch and state["global_step"] < total:
@@ -225,10 +232,18 @@ def train_lora(
             if state["step_in_epoch"] >= steps_per_epoch:
                 state["epoch"] += 1
                 state["step_in_epoch"] = 0
-            if step % spec.save_every == 0 or step == total or state["stopped_early"]:
+            saved = step % spec.save_every == 0 or step == total or state["stopped_early"]
+            if saved:
                 save_checkpoint(run_dir, step, model, optimizer, scheduler, state, spec.keep_checkpoints)
             if state["stopped_early"]:
                 break
+            if should_stop is not None and step < total:
+                stopped_reason = should_stop(step, total, time.perf_counter() - t0) or None
+                if stopped_reason:
+                    if not saved:
+                        save_checkpoint(run_dir, step, model, optimizer, scheduler, state, spec.keep_checkpoints)
+                    log(f"stopped at step {step}/{total}: {stopped_reason}")
+                    break
     tb.close()
     seconds = time.perf_counter() - t0
 
@@ -248,7 +263,7 @@ def train_lora(
         final_loss=state["last_loss"], best_val_loss=state["best_val"], best_step=state["best_step"],
         train_tokens=state["tokens"], tokens_per_s=(state["tokens"] - tokens_at_start) / max(seconds, 1e-9),
         seconds=seconds, stopped_early=state["stopped_early"], resumed_from_step=resumed_from,
-        trainable_params=n_trainable, history=state["history"],
+        trainable_params=n_trainable, history=state["history"], stopped_reason=stopped_reason,
     )
     atomic_write_text(run_dir / "result.json", json.dumps(result.to_json(), indent=2))
     return result

@@ -1,0 +1,21 @@
+"""How big a job is, without loading weights: parameters from the model config, tokens from the data."""
+
+from __future__ import annotations
+
+from tuneloop.chat import encode_chat
+from tuneloop.data.validate import Row
+
+
+def count_parameters(base_path: str) -> int:
+    """Parameters of a causal LM, built on the meta device (no weights read, no memory used)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def tokens_per_epoch(tok, rows: list[Row], max_len: int) -> int:
+    return sum(min(len(encode_chat(tok, r.messages)[0]), max_len) for r in rows)

@@ -1,0 +1,38 @@
+"""Cost and duration guards around training: estimate, approve, watch."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.input import RunInput
+
+from tasks import TASK_DEFAULTS
+from tuneloop.basemodel import load_tokenizer
+from tuneloop.data import PreparedDataset
+from tuneloop.guards import Estimate, estimate
+from tuneloop.sizing import count_parameters, tokens_per_epoch
+from tuneloop.specs import RetrainSpec
+
+
+class Approval(RunInput):
+    """What a person answers in the Prefect UI when a job waits for approval."""
+
+    approve: bool
+    reason: str = ""
+
+
+@task(name="estimate-job", **TASK_DEFAULTS)
+def estimate_job(spec: RetrainSpec, base_path: str, dataset: PreparedDataset) -> Estimate:
+    """tokens × epochs × ~4N FLOPs (LoRA) ÷ the hardware's throughput → hours → dollars, before anything runs."""
+    tok = load_tokenizer(base_path)
+    tokens = tokens_per_epoch(tok, dataset.train, spec.training.max_seq_len)
+    epochs = spec.training.epochs
+    est = estimate(tokens, epochs, count_parameters(base_path), spec.hardware)
+    create_markdown_artifact(
+        f"# Estimate\n\n| | |\n|---|---:|\n| tokens per epoch | {tokens:,} |\n| epochs | {epochs} |\n"
+        f"| parameters | {est.params:,} |\n| FLOPs | {est.flops:.3g} |\n| hardware | {est.hardware} |\n"
+        f"| hours | {est.hours:.4g} |\n| dollars | {est.usd:.2f} |\n"
+        f"\nCaps: ${spec.guards.max_usd:g} and {spec.guards.max_hours:g} h per job; approval above "
+        f"${spec.guards.approval_usd:g}.\n", key="retrain-estimate", description=f"${est.usd:.2f}, {est.hours:.3g} h")
+    get_run_logger().info(f"estimate: {est.hours:.3g} h, ${est.usd:.2f} on {est.hardware}")
+    return est
