@@ -11,11 +11,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; others may read reports and manifests
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -31,7 +36,9 @@ def staging_dir(parent: str | Path, name: str) -> Path:
     """A fresh hidden folder beside the final one; publish it with `publish_dir`."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))
+    staged = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))
+    staged.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; the published folder should be readable like any other
+    return staged
 
 
 def publish_dir(staged: Path, final: Path) -> bool:
