@@ -37,12 +37,11 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneloop.basemodel import TINY_CONFIG
 from tuneloop.errors import SpecError, UserError
-from tuneloop.specs import TINY_BASE, TrainingSpec
+from tuneloop.specs import TINY_BASE, TrainingSpec, read_yaml
 
 
 def llama_params(cfg: dict) -> int:
@@ -114,12 +113,7 @@ def load_user_presets(path: str | Path) -> dict[str, dict]:
     inline mapping with usd_per_hour, peak_tflops, mfu), training, and optional per-mode `modes`.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise SpecError(str(path), "presets file does not exist", "pass the path of a YAML presets file") from None
-    except yaml.YAMLError as e:
-        raise SpecError(str(path), f"is not valid YAML ({e})", "fix the YAML syntax") from None
+    raw = read_yaml(path, "presets")
     if isinstance(raw, dict) and set(raw) == {"presets"}:
         raw = raw["presets"] or {}
     if not isinstance(raw, dict):

@@ -204,15 +204,22 @@ class DriftSpec(_Spec):
     emit_events: bool = True
 
 
-def load_yaml_spec(path: str | Path, model: type[BaseModel] = RetrainSpec, **overrides) -> BaseModel:
-    """Load a YAML config into a spec, with a clear error naming the field."""
+def read_yaml(path: str | Path, what: str = "config") -> object:
+    """A YAML file's content, or a SpecError naming the file and what is wrong with it."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise SpecError(str(path), "config file does not exist", "pass the path of a YAML config") from None
+        raise SpecError(str(path), f"{what} file does not exist", f"pass the path of a YAML {what} file") from None
     except yaml.YAMLError as e:
         raise SpecError(str(path), f"is not valid YAML ({e})", "fix the YAML syntax") from None
+
+
+def load_yaml_spec(path: str | Path, model: type[BaseModel] = RetrainSpec, **overrides) -> BaseModel:
+    """Load a YAML config into a spec, with a clear error naming the field."""
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise SpecError(str(path), "is not a mapping of settings", "write `key: value` lines at the top level")
     raw.update({k: v for k, v in overrides.items() if v is not None})
     return validate_spec(raw, model, source=str(path))
 
