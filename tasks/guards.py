@@ -10,7 +10,7 @@ from tasks import TASK_DEFAULTS
 from tuneloop.basemodel import load_tokenizer
 from tuneloop.data import PreparedDataset
 from tuneloop.guards import Estimate, estimate
-from tuneloop.sizing import count_parameters, tokens_per_epoch
+from tuneloop.sizing import count_parameters, planned_tokens, tokens_per_epoch
 from tuneloop.specs import RetrainSpec
 
 
@@ -24,12 +24,13 @@ class Approval(RunInput):
 @task(name="estimate-job", **TASK_DEFAULTS)
 def estimate_job(spec: RetrainSpec, base_path: str, dataset: PreparedDataset) -> Estimate:
     """tokens × epochs × ~4N FLOPs (LoRA) ÷ the hardware's throughput → hours → dollars, before anything runs."""
-    tok = load_tokenizer(base_path)
-    tokens = tokens_per_epoch(tok, dataset.train, spec.training.max_seq_len)
-    epochs = spec.training.epochs
-    est = estimate(tokens, epochs, count_parameters(base_path), spec.hardware)
+    t = spec.training
+    tokens = tokens_per_epoch(load_tokenizer(base_path), dataset.train, t.max_seq_len)
+    planned = planned_tokens(tokens, len(dataset.train), t.batch_size, t.gradient_accumulation, t.epochs, t.max_steps)
+    est = estimate(planned, 1, count_parameters(base_path), spec.hardware)
     create_markdown_artifact(
-        f"# Estimate\n\n| | |\n|---|---:|\n| tokens per epoch | {tokens:,} |\n| epochs | {epochs} |\n"
+        f"# Estimate\n\n| | |\n|---|---:|\n| tokens per epoch | {tokens:,} |\n| epochs | {t.epochs} |\n"
+        f"| max steps | {t.max_steps or '-'} |\n| tokens planned | {planned:,} |\n"
         f"| parameters | {est.params:,} |\n| FLOPs | {est.flops:.3g} |\n| hardware | {est.hardware} |\n"
         f"| hours | {est.hours:.4g} |\n| dollars | {est.usd:.2f} |\n"
         f"\nCaps: ${spec.guards.max_usd:g} and {spec.guards.max_hours:g} h per job; approval above "

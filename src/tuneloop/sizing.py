@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from tuneloop.chat import encode_chat
 from tuneloop.data.validate import Row
 
@@ -19,3 +21,11 @@ def count_parameters(base_path: str) -> int:
 
 def tokens_per_epoch(tok, rows: list[Row], max_len: int) -> int:
     return sum(min(len(encode_chat(tok, r.messages)[0]), max_len) for r in rows)
+
+
+def planned_tokens(tokens_per_epoch: int, n_rows: int, batch_size: int, gradient_accumulation: int,
+                   epochs: int, max_steps: int | None) -> int:
+    """Tokens the run will actually train on: all epochs, or fewer when max_steps ends it sooner."""
+    steps_per_epoch = max(1, math.ceil(math.ceil(n_rows / batch_size) / gradient_accumulation))
+    total_steps = epochs * steps_per_epoch if max_steps is None else min(epochs * steps_per_epoch, max_steps)
+    return round(tokens_per_epoch * total_steps / steps_per_epoch)

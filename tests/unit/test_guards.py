@@ -119,3 +119,13 @@ def test_unknown_preset_lists_known_names():
     assert "llama-99b" in str(e.value) and "codellama-7b" in str(e.value) and "phi-3-mini" in str(e.value)
     with pytest.raises(UserError, match="demo"):
         resolve_preset("tiny", mode="fast")
+
+
+def test_planned_tokens_follow_max_steps():
+    from tuneloop.sizing import planned_tokens
+
+    # 100 rows, batch 4 x accumulation 5 -> 5 steps per epoch
+    assert planned_tokens(1000, 100, 4, 5, epochs=3, max_steps=None) == 3000
+    assert planned_tokens(1000, 100, 4, 5, epochs=3, max_steps=10) == 2000
+    assert planned_tokens(1000, 100, 4, 5, epochs=1, max_steps=50) == 1000
+    assert planned_tokens(1000, 3, 4, 5, epochs=2, max_steps=None) == 2000  # a partial step still counts
