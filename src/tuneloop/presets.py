@@ -144,6 +144,11 @@ def hardware_row(hw: str | dict) -> dict[str, Any]:
     return {"name": hw} | HARDWARE[hw]
 
 
+def work_pool_for(hardware: str | dict) -> str:
+    """`gpu-pool` for hardware with a GPU, else `cpu-pool`: where a job of that preset belongs."""
+    return "gpu-pool" if hardware_row(hardware).get("gpu") else "cpu-pool"
+
+
 def _merged(name: str, user_presets: dict | None) -> dict:
     shipped = copy.deepcopy(PRESETS.get(name, {}))
     user = copy.deepcopy((user_presets or {}).get(name, {}))
