@@ -21,12 +21,13 @@ threads with an atexit flush. A bare `LangfuseAPI` has none of that. Pass
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 import httpx
 
 from tuneloop.errors import TransientError, TuneloopError, UserError
+from tuneloop.feedback import watermark as wm
 from tuneloop.feedback.items import FeedbackItem, utc_iso
 
 _SCORE_FIELDS = "details,subject"  # comment/metadata and the trace the score is attached to
@@ -90,29 +91,15 @@ class LangfuseSource:
 
     def fetch(self, watermark: dict | None) -> tuple[list[FeedbackItem], dict]:
         self.last_skipped = {}
-        since = _parse_ts(watermark["since"]) if watermark and watermark.get("since") else None
-        seen = set(watermark.get("seen_at_since", ())) if watermark else set()
-        query_from = since - timedelta(seconds=self.lookback_s) if since else None
-
+        since, seen, query_from = wm.start(watermark, self.lookback_s)
         scores = self._scores(query_from)
-
-        newest = since
-        for s in scores:
-            ts = _aware(s.timestamp)
-            if newest is None or ts > newest:
-                newest = ts
-        if newest is None:
-            return [], dict(watermark or {})
-        window = newest - timedelta(seconds=self.lookback_s)
-        # ids at (or within lookback of) the new `since`; older seen ids stay if still in the window
-        new_seen = {s.id for s in scores if _aware(s.timestamp) >= window}
-        if since is not None and since >= window:
-            new_seen |= seen
-        new_watermark = {"since": newest.isoformat(), "seen_at_since": sorted(new_seen)}
+        new_watermark = wm.advance(watermark, since, seen, ((s.id, s.timestamp) for s in scores), self.lookback_s)
+        if not scores and since is None:
+            return [], new_watermark
 
         items: list[FeedbackItem] = []
         observations: dict[str, list] = {}  # trace id -> observations, cached for this fetch
-        for s in sorted(scores, key=lambda s: (_aware(s.timestamp), s.id)):
+        for s in sorted(scores, key=lambda s: (wm.aware(s.timestamp), s.id)):
             if s.id in seen:
                 continue
             item = self._item(s, observations)
@@ -245,13 +232,6 @@ class LangfuseSource:
 # -- helpers ------------------------------------------------------------------
 
 
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
-
-
-def _parse_ts(s: str) -> datetime:
-    return _aware(datetime.fromisoformat(s.replace("Z", "+00:00")))
-
 
 def _subject(s) -> tuple[str | None, str | None]:
     """(trace id, observation id) the score is attached to."""
@@ -271,7 +251,7 @@ def _pick_observation(obs: list, obs_id: str | None):
         if hit is not None and hit.input is not None and hit.output is not None:
             return hit
     with_io = [o for o in obs if o.input is not None and o.output is not None]
-    gens = sorted((o for o in with_io if o.type == "GENERATION"), key=lambda o: _aware(o.start_time))
+    gens = sorted((o for o in with_io if o.type == "GENERATION"), key=lambda o: wm.aware(o.start_time))
     if gens:
         return gens[-1]  # the last LLM call produced the answer the user saw
     roots = [o for o in with_io if o.is_root_observation or o.parent_observation_id is None]

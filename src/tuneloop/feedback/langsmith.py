@@ -49,10 +49,11 @@ import json
 import math
 import re
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 
 from tuneloop.errors import TransientError, TuneloopError, UserError
+from tuneloop.feedback import watermark as wm
 from tuneloop.feedback.items import FeedbackItem, utc_iso
 
 _RUN_ID_CHUNK = 100  # run ids per POST /runs/query
@@ -151,9 +152,7 @@ class LangSmithSource:
             raise translated from e
 
     def _fetch(self, watermark: dict | None) -> tuple[list[FeedbackItem], dict]:
-        since = _parse_ts(watermark["since"]) if watermark and watermark.get("since") else None
-        seen = set(watermark.get("seen_at_since", ())) if watermark else set()
-        window_from = since - timedelta(seconds=self.lookback_s) if since else None
+        since, seen, window_from = wm.start(watermark, self.lookback_s)
 
         client = self.client
         project = client.read_project(project_name=self.project)
@@ -169,22 +168,16 @@ class LangSmithSource:
             # the same filters again here: correct even if the server ignores a parameter
             if (f.session_id is None or str(f.session_id) == project_id)
             and (self.feedback_key is None or f.key == self.feedback_key)
-            and (window_from is None or _aware(f.created_at) >= window_from)
+            and (window_from is None or wm.aware(f.created_at) >= window_from)
         }.values())
 
-        newest = max((_aware(f.created_at) for f in feedback), default=since)
-        if since is not None and newest < since:
-            newest = since
-        if newest is None:
-            return [], dict(watermark or {})
-        window = newest - timedelta(seconds=self.lookback_s)
-        new_seen = {str(f.id) for f in feedback if _aware(f.created_at) >= window}
-        if since is not None and since >= window:
-            new_seen |= seen  # ids at `since` the server no longer lists (deleted) stay harmlessly
-        new_watermark = {"since": newest.isoformat(), "seen_at_since": sorted(new_seen)}
+        new_watermark = wm.advance(watermark, since, seen, ((str(f.id), f.created_at) for f in feedback),
+                                   self.lookback_s)
+        if not feedback and since is None:
+            return [], new_watermark
 
         fresh = sorted((f for f in feedback if str(f.id) not in seen),
-                       key=lambda f: (_aware(f.created_at), str(f.id)))
+                       key=lambda f: (wm.aware(f.created_at), str(f.id)))
         runs = self._root_runs(project_id, {str(f.run_id) for f in fresh if f.run_id is not None})
         items = [it for it in (self._item(f, runs) for f in fresh) if it is not None]
         return items, new_watermark
@@ -289,13 +282,6 @@ class LangSmithSource:
 
 # -- helpers ------------------------------------------------------------------
 
-
-def _aware(ts: datetime) -> datetime:
-    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
-
-
-def _parse_ts(s: str) -> datetime:
-    return _aware(datetime.fromisoformat(s.replace("Z", "+00:00")))
 
 
 def _http_status(e: BaseException) -> int | None:
