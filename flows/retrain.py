@@ -7,17 +7,18 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.states import Cancelled
 
-from tasks.benchmarks import compare_benchmarks, run_benchmark_suite
+from tasks.benchmarks import run_benchmark_suite
 from tasks.data import prepare_base_model, validate_dataset
 from tasks.evaluation import decide_promotion, evaluate_adapter, judge_answers
 from tasks.guards import Approval, estimate_job
 from tasks.registry import apply_decision, publish_report, register_candidate
 from tasks.training import train_adapter
+from tuneloop.evals.benchmarks import guarded_pairs
 from tuneloop.evals.judge import RubricGate, check_rubrics
 from tuneloop.guards import RunGuard, check
 from tuneloop.registry import open_registry
 from tuneloop.specs import RetrainSpec
-from tuneloop.summary import build_summary
+from tuneloop.summary import benchmark_rows, build_summary
 
 
 @flow(name="retrain")
@@ -56,13 +57,13 @@ def retrain(spec: RetrainSpec) -> dict:
         champion_base = prepare_base_model(champion.manifest["base_model"])
         incumbent = evaluate_adapter(spec, champion_base, champion.adapter_dir, dataset.eval_rows,
                                      f"champion {champion.id}")
-    guarded, bench_summary = None, {}
+    guarded, cand_bench, inc_bench = None, {}, {}
     if spec.benchmarks.names:
         quant = spec.training.quantization
         cand_bench = run_benchmark_suite(spec.benchmarks, base, trained.adapter_dir, quant)
         inc_bench = (run_benchmark_suite(spec.benchmarks, base, None, quant) if champion is None else
                      run_benchmark_suite(spec.benchmarks, champion_base, champion.adapter_dir, quant))
-        guarded, bench_summary = compare_benchmarks(cand_bench, inc_bench, spec.gate)
+        guarded = guarded_pairs(cand_bench, inc_bench)
 
     judge_summary, rubric_checks = {}, []
     if spec.judge is not None:
@@ -83,7 +84,9 @@ def retrain(spec: RetrainSpec) -> dict:
     )
     apply_decision(version.id, decision, spec.tenant)
     summary = build_summary(version.id, decision, candidate, incumbent, trained.to_json(), dataset,
-                            benchmarks=bench_summary, judge=judge_summary, confidence=spec.gate.confidence,
+                            benchmarks=benchmark_rows(cand_bench, inc_bench, decision, spec.gate.confidence,
+                                                      spec.gate.bootstrap_resamples),
+                            judge=judge_summary, confidence=spec.gate.confidence,
                             resamples=spec.gate.bootstrap_resamples)
     summary["run_dir"] = str(trained.run_dir)
     summary["reports"] = publish_report(summary)

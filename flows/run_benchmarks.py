@@ -7,8 +7,9 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from tasks.benchmarks import headline, run_benchmark_suite
+from tasks.benchmarks import run_benchmark_suite
 from tasks.data import prepare_base_model
+from tuneloop.evals.benchmarks import headline
 from tuneloop.registry import open_registry
 from tuneloop.specs import RunBenchmarksSpec
 

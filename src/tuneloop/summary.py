@@ -9,6 +9,22 @@ from tuneloop.promotion import Decision, paired_bootstrap
 SAMPLE_ITEMS = 20
 
 
+def benchmark_rows(candidate: dict, incumbent: dict, decision: Decision, confidence: float = 0.95,
+                   resamples: int = 2000) -> dict:
+    """One report row per guarded benchmark: both models' metrics, the paired interval of the
+    headline difference, and the gate's own tolerance and verdict for it."""
+    from tuneloop.evals.benchmarks import headline
+
+    rows = {}
+    for name, c in candidate.items():
+        metric, verdict = headline(c), decision.guarded[name]
+        delta, low, high = paired_bootstrap(c.per_item[metric], incumbent[name].per_item[metric],
+                                            resamples or 2000, confidence)
+        rows[name] = {"metric": metric, "candidate": c.metrics, "incumbent": incumbent[name].metrics,
+                      "delta": delta, "low": low, "high": high, "tolerance": verdict["tolerance"], "ok": verdict["ok"]}
+    return rows
+
+
 def build_summary(version: str, decision: Decision, candidate, incumbent, training: dict, dataset,
                   benchmarks: dict | None = None, judge: dict | None = None, confidence: float = 0.95,
                   resamples: int = 2000) -> dict:

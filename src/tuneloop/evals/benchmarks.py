@@ -654,6 +654,17 @@ def run_benchmark(model, tok, bench: Benchmark | str, batch_size: int = 8, max_n
     return BenchmarkResult(bench.name, bench.kind, len(items), metrics, per_item, time.perf_counter() - t0, details)
 
 
+def headline(result: BenchmarkResult) -> str:
+    """The metric a benchmark is guarded on: normalized accuracy for multiple choice, else exact match."""
+    return "acc_norm" if "acc_norm" in result.per_item else "exact_match"
+
+
+def guarded_pairs(candidate: dict[str, BenchmarkResult],
+                  incumbent: dict[str, BenchmarkResult]) -> dict[str, tuple[dict, dict]]:
+    """Per-item headline scores of both models on each benchmark, as `promotion.decide(guarded=...)` takes them."""
+    return {name: (c.per_item[headline(c)], incumbent[name].per_item[headline(c)]) for name, c in candidate.items()}
+
+
 def evaluate_benchmarks(base_path: str, adapter_dir: str | Path | None, names: list[str], batch_size: int = 8,
                         limit: int | None = None, max_new_tokens: int = 32,
                         quantization: str = "none") -> dict[str, BenchmarkResult]:
