@@ -20,7 +20,9 @@ def count_parameters(base_path: str) -> int:
 
 
 def tokens_per_epoch(tok, rows: list[Row], max_len: int) -> int:
-    return sum(min(len(encode_chat(tok, r.messages)[0]), max_len) for r in rows)
+    """Tokens of one pass over rows; rows counted during validation are not encoded again."""
+    return sum(min(r.n_tokens if r.n_tokens is not None else len(encode_chat(tok, r.messages)[0]), max_len)
+               for r in rows)
 
 
 def planned_tokens(tokens_per_epoch: int, n_rows: int, batch_size: int, gradient_accumulation: int,

@@ -60,6 +60,7 @@ class Row:
     rating: float | None = None
     score: float | None = None
     tenant: str = "default"
+    n_tokens: int | None = None  # counted once during validation, reused by the cost estimate
 
     @property
     def canonical(self) -> str:
@@ -217,9 +218,10 @@ def validate_file(
             if row is None:
                 continue
             if count_tokens is not None and max_tokens is not None:
-                n = count_tokens(row.messages)
-                if n > max_tokens:
-                    report.issues.append(Issue(line_no, "too_long", f"{n} tokens, over the limit of {max_tokens}"))
+                row.n_tokens = count_tokens(row.messages)
+                if row.n_tokens > max_tokens:
+                    report.issues.append(Issue(line_no, "too_long",
+                                               f"{row.n_tokens} tokens, over the limit of {max_tokens}"))
                     continue
             report.rows.append(row)
     if len(report.rows) < min_examples:
