@@ -7,10 +7,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.input import RunInput
 
 from tasks import TASK_DEFAULTS
-from tuneloop.basemodel import load_tokenizer
 from tuneloop.data import PreparedDataset
-from tuneloop.guards import Estimate, estimate
-from tuneloop.sizing import count_parameters, planned_tokens, tokens_per_epoch
+from tuneloop.guards import Estimate
+from tuneloop.sizing import estimate_run
 from tuneloop.specs import RetrainSpec
 
 
@@ -25,9 +24,7 @@ class Approval(RunInput):
 def estimate_job(spec: RetrainSpec, base_path: str, dataset: PreparedDataset) -> Estimate:
     """tokens × epochs × ~4N FLOPs (LoRA) ÷ the hardware's throughput → hours → dollars, before anything runs."""
     t = spec.training
-    tokens = tokens_per_epoch(load_tokenizer(base_path), dataset.train, t.max_seq_len)
-    planned = planned_tokens(tokens, len(dataset.train), t.batch_size, t.gradient_accumulation, t.epochs, t.max_steps)
-    est = estimate(planned, 1, count_parameters(base_path), spec.hardware)
+    est, tokens, planned = estimate_run(spec, base_path, dataset.train)
     create_markdown_artifact(
         f"# Estimate\n\n| | |\n|---|---:|\n| tokens per epoch | {tokens:,} |\n| epochs | {t.epochs} |\n"
         f"| max steps | {t.max_steps or '-'} |\n| tokens planned | {planned:,} |\n"

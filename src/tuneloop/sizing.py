@@ -31,3 +31,15 @@ def planned_tokens(tokens_per_epoch: int, n_rows: int, batch_size: int, gradient
     steps_per_epoch = max(1, math.ceil(math.ceil(n_rows / batch_size) / gradient_accumulation))
     total_steps = epochs * steps_per_epoch if max_steps is None else min(epochs * steps_per_epoch, max_steps)
     return round(tokens_per_epoch * total_steps / steps_per_epoch)
+
+
+def estimate_run(spec, base_path: str, train_rows: list[Row]):
+    """(Estimate, tokens per epoch, tokens planned) of a RetrainSpec's training on these rows."""
+    from tuneloop.basemodel import load_tokenizer
+    from tuneloop.guards import estimate
+
+    t = spec.training
+    per_epoch = tokens_per_epoch(load_tokenizer(base_path), train_rows, t.max_seq_len)
+    planned = planned_tokens(per_epoch, len(train_rows), t.batch_size, t.gradient_accumulation, t.epochs,
+                             t.max_steps)
+    return estimate(planned, 1, count_parameters(base_path), spec.hardware), per_epoch, planned
