@@ -3,10 +3,14 @@
     .venv/bin/python bench/batched_eval.py [--repeats 3] [--gen-copies 5] [--threads 1]
 
 On the locally built tiny Llama (reused from .tuneloop/models when present,
-built in a temporary folder otherwise) it scores the six shipped sample
-benchmarks: every multiple choice item of the five MC samples (100 items, 300
-log-likelihood requests) and the TriviaQA-style sample repeated to 100
-generative items (32 new tokens at most). Each batch size runs `--repeats`
+built in a temporary folder otherwise), with the demo's first adapter on top
+when one is in .tuneloop/demo/registry (what the loop scores: base + LoRA
+through peft; `--adapter none` for the bare base, `--adapter DIR` for
+another), it times three parts: every multiple choice item of the five MC
+samples (100 items, 300 log-likelihood requests), the TriviaQA-style sample
+repeated to 100 generative items (32 new tokens at most), and the loop's own
+task evaluation (greedy answers to the demo's 120 held-out chat prompts, 32
+new tokens at most). Each batch size runs `--repeats`
 times, interleaved, and the fastest run counts (the machines are shared). It
 checks that per-item decisions, generated tokens and predictions are identical
 at both batch sizes and log-likelihoods agree to 1e-4, then prints the timings
@@ -31,8 +35,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a script of its own: nothing her
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from tuneloop.basemodel import load_model, load_tokenizer, resolve_base_model  # noqa: E402
+from tuneloop.basemodel import load_tokenizer, resolve_base_model  # noqa: E402
 from tuneloop.evals import benchmarks as B  # noqa: E402
+from tuneloop.evals.run import generate, load_for_eval  # noqa: E402
 from tuneloop.specs import TINY_BASE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +47,23 @@ def base_path() -> str:
     cached = ROOT / ".tuneloop" / "models"
     models = cached if (cached / "tiny-llama" / "config.json").exists() else Path(tempfile.mkdtemp(prefix="tl-bench-"))
     return resolve_base_model(TINY_BASE, models, log=lambda m: print(m, flush=True))
+
+
+def adapter_path(arg: str) -> str | None:
+    if arg == "none":
+        return None
+    if arg != "auto":
+        return arg
+    demo = ROOT / ".tuneloop" / "demo" / "registry" / "versions" / "v1" / "adapter"
+    return str(demo) if (demo / "adapter_config.json").exists() else None
+
+
+def task_prompts() -> list[list[dict]]:
+    from tuneloop.demo_data import read_jsonl, write_demo_data
+
+    with tempfile.TemporaryDirectory() as d:
+        rows = read_jsonl(write_demo_data(Path(d))["heldout"])
+    return [[m for m in r["messages"] if m["role"] != "assistant"] for r in rows]
 
 
 def workload(gen_copies: int) -> tuple[list[dict], list[dict]]:
@@ -55,7 +77,7 @@ def workload(gen_copies: int) -> tuple[list[dict], list[dict]]:
     return mc, gen
 
 
-def run(model, tok, mc, gen, bs: int, max_new_tokens: int) -> tuple[dict, dict]:
+def run(model, tok, mc, gen, chats, bs: int, max_new_tokens: int) -> tuple[dict, dict]:
     reqs = [(it["context"], B.continuation_for(it["context"], c)) for it in mc for c in it["choices"]]
     t0 = time.perf_counter()
     lls = B.loglikelihoods(model, tok, reqs, bs)
@@ -64,8 +86,10 @@ def run(model, tok, mc, gen, bs: int, max_new_tokens: int) -> tuple[dict, dict]:
     t2 = time.perf_counter()
     gens = B.score_generative(model, tok, gen, max_new_tokens, bs)
     t3 = time.perf_counter()
-    return ({"loglikelihood": t1 - t0, "multiple_choice": t2 - t1, "generative": t3 - t2},
-            {"lls": lls, "mc": mcs, "gen": gens})
+    answers = generate(model, tok, chats, max_new_tokens, bs)
+    t4 = time.perf_counter()
+    return ({"loglikelihood": t1 - t0, "multiple_choice": t2 - t1, "generative": t3 - t2, "task_eval": t4 - t3},
+            {"lls": lls, "mc": mcs, "gen": gens, "task": answers})
 
 
 def main() -> None:
@@ -74,6 +98,7 @@ def main() -> None:
     ap.add_argument("--gen-copies", type=int, default=5, help="copies of the 20 generative sample items")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    ap.add_argument("--adapter", default="auto", help="adapter folder, 'none', or 'auto' (the demo's v1 if present)")
     args = ap.parse_args()
 
     import torch
@@ -81,21 +106,23 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     path = base_path()
-    tok, model = load_tokenizer(path), load_model(path)
-    model.eval()
+    adapter = adapter_path(args.adapter)
+    tok, model = load_tokenizer(path), load_for_eval(path, adapter)
     mc, gen = workload(args.gen_copies)
+    chats = task_prompts()
     n_req = sum(len(it["choices"]) for it in mc)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__} threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
     print(f"workload: {len(mc)} multiple choice items ({n_req} log-likelihood requests), "
-          f"{len(gen)} generative items (max {args.max_new_tokens} new tokens)")
-    run(model, tok, mc[:8], gen[:8], 8, 4)  # warm-up, out of the timings
+          f"{len(gen)} generative items, {len(chats)} task-evaluation prompts (max {args.max_new_tokens} new tokens); "
+          f"adapter: {adapter or 'none'}")
+    run(model, tok, mc[:8], gen[:8], chats[:8], 8, 4)  # warm-up, out of the timings
 
     best: dict[int, dict[str, float]] = {}
     outs: dict[int, dict] = {}
     for r in range(args.repeats):
         for bs in (1, 8):
-            times, outs[bs] = run(model, tok, mc, gen, bs, args.max_new_tokens)
+            times, outs[bs] = run(model, tok, mc, gen, chats, bs, args.max_new_tokens)
             best[bs] = {k: min(v, best.get(bs, {}).get(k, float("inf"))) for k, v in times.items()}
             print(f"  repeat {r + 1} batch {bs}: " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items()), flush=True)
 
@@ -105,18 +132,19 @@ def main() -> None:
     mc_same = all(x == y for x, y in zip(a["mc"], b["mc"]))
     tok_same = all(x["tokens"] == y["tokens"] and x["prediction"] == y["prediction"]
                    for x, y in zip(a["gen"], b["gen"]))
-    identical = diff <= 1e-4 and greedy_same and mc_same and tok_same
+    task_same = a["task"] == b["task"]
+    identical = diff <= 1e-4 and greedy_same and mc_same and tok_same and task_same
     print(f"identical outputs: {identical} (max |loglik diff| {diff:.2e}, is_greedy same {greedy_same}, "
-          f"acc/acc_norm/pred same {mc_same}, generated tokens same {tok_same})")
+          f"acc/acc_norm/pred same {mc_same}, generated tokens same {tok_same}, task answers same {task_same})")
     acc = sum(s["acc"] for s in b["mc"]) / len(mc)
     em = sum(s["exact_match"] for s in b["gen"]) / len(gen)
     print(f"scores (tiny base, not meaningful): MC acc {acc:.3f}, generative EM {em:.3f}")
     print(f"{'part':16} {'batch 1 s':>10} {'batch 8 s':>10} {'speedup':>8}")
     for k in best[1]:
         print(f"{k:16} {best[1][k]:10.2f} {best[8][k]:10.2f} {best[1][k] / best[8][k]:7.2f}x")
-    t1 = best[1]["multiple_choice"] + best[1]["generative"]
-    t8 = best[8]["multiple_choice"] + best[8]["generative"]
-    print(f"{'all six (MC+gen)':16} {t1:10.2f} {t8:10.2f} {t1 / t8:7.2f}x")
+    parts = ("multiple_choice", "generative", "task_eval")
+    t1, t8 = sum(best[1][k] for k in parts), sum(best[8][k] for k in parts)
+    print(f"{'MC + gen + task':16} {t1:10.2f} {t8:10.2f} {t1 / t8:7.2f}x")
     if not identical:
         print("OUTPUTS DIFFER between batch 1 and batch 8", file=sys.stderr)
     print(f"ratio batch8/batch1: {t1 / t8:.2f}")

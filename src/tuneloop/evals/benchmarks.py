@@ -50,14 +50,21 @@ BOS token (or, without one, its EOS token) is prepended to every context.
 Sequences longer than the model's ``max_position_embeddings`` are cut on the
 left.
 
-Log-likelihoods run right-padded (positions unchanged, pads masked out);
-requests sharing a context (the choices of one item) are batched together and
-the context runs once, its KV cache copied for each continuation;
-greedy generation runs left-padded with an attention mask, explicit position
-ids counted from each row's first real token and a KV cache. Requests are
+Log-likelihoods at batch size 1 run one unpadded forward per request; at
+larger batch sizes a batch runs as one packed row with no padding: each
+distinct context once (the choices of a multiple choice item share theirs),
+followed by every continuation that shares it, under a block attention mask
+(a continuation sees its context and itself) with positions continuing after
+the context, so each request's log-probabilities are those of its own
+unpadded run. Models whose attention ignores custom masks (flash kernels)
+fall back to right-padded rows.
+
+Greedy generation runs left-padded with an attention mask, explicit position
+ids counted from each row's first real token and a KV cache; the task
+evaluation (`evals.run.generate`) uses the same decoder. Requests are
 sorted by length (longest first) to reduce padding and results are returned in
 the caller's order. At batch size 1 every request is one unpadded forward,
-exactly lm-eval's computation. Padded (or cache-sharing) and unpadded fp32
+exactly lm-eval's computation. Packed (or padded) and unpadded fp32
 runs are not bit-identical: logits differ by a few ulps (~3e-6) and summed
 log-probabilities by up to ~5e-5 on the samples; tests check sums agree to
 1e-4 and that decisions (acc, acc_norm, is_greedy, every generated token) are
@@ -413,33 +420,50 @@ def _ll_plain(model, chunk, dev, pad_id, params) -> list[tuple[float, bool]]:
     return _score_rows(rows, [x for _, x in chunk], dev)
 
 
-def _ll_shared(model, chunk, dev, pad_id, params) -> list[tuple[float, bool]]:
-    """Each distinct context once, then all continuations against its KV cache (right padded both times)."""
-    ctxs: dict[tuple[int, ...], int] = {}
-    group = [ctxs.setdefault(tuple(c), len(ctxs)) for c, _ in chunk]
-    cseqs = [list(c) for c in ctxs]
-    ids, cmask = _padded(cseqs, pad_id)
-    pos = torch.arange(ids.shape[1]).expand_as(ids)
-    keep, where = _keep([len(c) - 1 for c in cseqs], params, dev)
-    cmask = cmask.to(dev)
-    multi = [j for j, (_, x) in enumerate(chunk) if len(x) > 1]
-    res = model(input_ids=ids.to(dev), attention_mask=cmask, position_ids=pos.to(dev), use_cache=bool(multi), **keep)
-    last = torch.tensor([where[len(c) - 1] for c in cseqs], device=dev)
-    first = res.logits[torch.arange(len(cseqs), device=dev), last]
-    rows = [first[g: g + 1] for g in group]
-    if multi:
-        cache = _cache_of(res)
-        sel = torch.tensor([group[j] for j in multi], device=dev)
-        cache.reorder_cache(sel)  # one cache row per continuation (index_select along the batch)
-        xids, xmask = _padded([chunk[j][1][:-1] for j in multi], pad_id)
-        starts = torch.tensor([len(cseqs[group[j]]) for j in multi])
-        xpos = starts[:, None] + torch.arange(xids.shape[1])[None, :]
-        mask = torch.cat([cmask[sel], xmask.to(dev)], dim=1)
-        cache_kw = "cache" if "cache" in params else "past_key_values"
-        logits = model(input_ids=xids.to(dev), attention_mask=mask, position_ids=xpos.to(dev), use_cache=True,
-                       **{cache_kw: cache}).logits
-        for k, j in enumerate(multi):
-            rows[j] = torch.cat([rows[j], logits[k, : len(chunk[j][1]) - 1]])
+def _custom_masks_ok(model) -> bool:
+    """Whether the model's attention takes a custom 4D additive mask (eager and SDPA do; flash kernels ignore it)."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return impl in ("sdpa", "eager")
+
+
+def _ll_packed(model, chunk, dev, pad_id, params) -> list[tuple[float, bool]]:
+    """The whole batch as one packed row, so no position is padding: each distinct context once, followed by
+    every continuation[:-1] that shares it. A block mask lets a context attend causally to itself and a
+    continuation to its own context and to itself only; positions restart at 0 for each context and continue
+    after it for each of its continuations, as in an unpadded run of context + continuation."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for j, (c, _) in enumerate(chunk):
+        groups.setdefault(tuple(c), []).append(j)
+    ids: list[int] = []
+    grp: list[int] = []
+    mem: list[int] = []
+    pos: list[int] = []
+    at: list[list[int]] = [[] for _ in chunk]
+    for g, (c, members) in enumerate(groups.items()):
+        start = len(ids)
+        ids += c
+        grp += [g] * len(c)
+        mem += [0] * len(c)
+        pos += range(len(c))
+        for k, j in enumerate(members, start=1):
+            x = chunk[j][1][:-1]
+            # logits predicting continuation j: its context's last position, then its own tokens
+            at[j] = [start + len(c) - 1] + list(range(len(ids), len(ids) + len(x)))
+            ids += x
+            grp += [g] * len(x)
+            mem += [k] * len(x)
+            pos += range(len(c), len(c) + len(x))
+    g_t, m_t = torch.tensor(grp), torch.tensor(mem)
+    n = len(ids)
+    allowed = (torch.ones(n, n, dtype=torch.bool).tril() & (g_t[:, None] == g_t[None, :])
+               & ((m_t[None, :] == 0) | (m_t[:, None] == m_t[None, :])))
+    dtype = next(model.parameters()).dtype
+    dtype = dtype if dtype.is_floating_point else torch.float32
+    mask = torch.zeros((1, 1, n, n), dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    keep, where = _keep([p for ps in at for p in ps], params, dev)
+    logits = model(input_ids=torch.tensor([ids], device=dev), attention_mask=mask.to(dev),
+                   position_ids=torch.tensor([pos], device=dev), **keep).logits
+    rows = [logits[0, [where[p] for p in ps]] for ps in at]
     return _score_rows(rows, [x for _, x in chunk], dev)
 
 
@@ -450,12 +474,11 @@ def loglikelihood_tokens(model, pairs: list[tuple[list[int], list[int]]], batch_
 
     Requests are grouped by context, sorted longest first and cut into
     batches of at most `batch_size` requests, keeping a context's requests
-    together where they fit. A batch in which every request has its own context runs as one
-    right-padded forward of (context + continuation)[:-1] per row, as lm-eval
-    does. A batch in which requests share a context (the choices of one
-    multiple choice item) runs each distinct context once, then every
-    continuation against a copy of its context's KV cache, with positions
-    continuing after the context; causal attention makes both compute the same
+    together where they fit. At batch size 1 each request is one unpadded
+    forward of (context + continuation)[:-1], as lm-eval does. A larger batch
+    is one packed forward (`_ll_packed`): each distinct context once, then its
+    continuations, under a block mask, positions continuing after the context;
+    causal attention makes both compute the same
     log-probabilities. Only the logits at the scored positions are projected.
     """
     if batch_size < 1:
@@ -490,10 +513,10 @@ def loglikelihood_tokens(model, pairs: list[tuple[list[int], list[int]]], batch_
     if cur:
         batches.append(cur)
     out: list[tuple[float, bool] | None] = [None] * len(reqs)
+    packed = batch_size > 1 and _custom_masks_ok(model)
     for idx in batches:
         chunk = [reqs[i] for i in idx]
-        shared = len({tuple(c) for c, _ in chunk}) < len(chunk)
-        scores = (_ll_shared if shared else _ll_plain)(model, chunk, dev, pad_id, params)
+        scores = (_ll_packed if packed else _ll_plain)(model, chunk, dev, pad_id, params)
         for i, s in zip(idx, scores):
             out[i] = s
     return out  # type: ignore[return-value]
@@ -524,23 +547,25 @@ def score_multiple_choice(model, tok, items: list[dict], batch_size: int = 8) ->
     return out
 
 
-def _stop_table(tok, vocab: int, until: tuple[str, ...], eos_ids: set[int]) -> torch.Tensor:
-    """True for token ids whose text contains a stop string, and for end tokens."""
-    n = min(vocab, len(tok))
-    texts = tok.batch_decode([[i] for i in range(n)])
-    stop = torch.zeros(vocab, dtype=torch.bool)
-    stop[[i for i, t in enumerate(texts) if any(u in t for u in until)]] = True
-    for e in eos_ids:
-        if 0 <= e < vocab:
-            stop[e] = True
-    return stop
-
-
-def _eos_ids(model, tok) -> set[int]:
+def eos_ids(model, tok) -> set[int]:
+    """The tokenizer's end token and the model's generation-config end tokens."""
     ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else ({gen_eos} if gen_eos is not None else set())
     return ids
+
+
+def stop_table(model, tok, until: tuple[str, ...] = ()) -> tuple[torch.Tensor, set[int]]:
+    """(True for every token id that is an end token or whose text contains a stop string, the end ids)."""
+    eos = eos_ids(model, tok)
+    emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    vocab = int(emb.weight.shape[0]) if emb is not None else int(model.config.vocab_size)
+    stop = torch.zeros(vocab, dtype=torch.bool)
+    if until:
+        texts = tok.batch_decode([[i] for i in range(min(vocab, len(tok)))])
+        stop[[i for i, t in enumerate(texts) if any(u in t for u in until)]] = True
+    stop[[e for e in eos if 0 <= e < vocab]] = True
+    return stop, eos
 
 
 @torch.inference_mode()
@@ -620,10 +645,7 @@ def generative_prompts(tok, items: list[dict]) -> list[list[int]]:
 def score_generative(model, tok, items: list[dict], max_new_tokens: int = 32, batch_size: int = 8,
                      until: tuple[str, ...] = GEN_UNTIL) -> list[dict]:
     """Per item {"exact_match": 0/1, "prediction": str, "tokens": generated ids} by greedy decoding."""
-    eos = _eos_ids(model, tok)
-    emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    vocab = int(emb.weight.shape[0]) if emb is not None else int(model.config.vocab_size)
-    stop = _stop_table(tok, vocab, until, eos)
+    stop, eos = stop_table(model, tok, until)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     gens = greedy_generate(model, generative_prompts(tok, items), max_new_tokens, batch_size, stop, pad)
     out = []

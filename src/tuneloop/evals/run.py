@@ -11,9 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
-from tuneloop.basemodel import device, load_model, load_tokenizer
+from tuneloop.basemodel import load_model, load_tokenizer
 from tuneloop.chat import encode_chat
 from tuneloop.data.validate import Row
 from tuneloop.evals.scoring import METRIC_NAMES, score_texts
@@ -47,25 +46,18 @@ def load_for_eval(base_path: str, adapter_dir: str | Path | None, quantization: 
     return model
 
 
-@torch.no_grad()
 def generate(model, tok, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[str]:
-    """Greedy answers, batched with left padding; stops at the tokenizer's end token."""
-    dev, pad = device(), tok.pad_token_id
-    outs: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        enc = [encode_chat(tok, p, add_generation_prompt=True)[0] for p in prompts[i: i + batch_size]]
-        width = max(map(len, enc))
-        ids = torch.full((len(enc), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, e in enumerate(enc):
-            ids[j, width - len(e):], mask[j, width - len(e):] = torch.tensor(e), 1
-        gen = model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=pad)
-        for row in gen[:, width:].tolist():
-            if tok.eos_token_id in row:
-                row = row[: row.index(tok.eos_token_id)]
-            outs.append(tok.decode(row, skip_special_tokens=True).strip())
-    return outs
+    """Greedy answers to chat prompts, batched (left padding, KV cache); each stops at an end token.
+
+    The same decoder as the generative benchmarks (`benchmarks.greedy_generate`), so outputs are
+    identical at every batch size."""
+    from tuneloop.evals.benchmarks import greedy_generate, stop_table
+
+    stop, eos = stop_table(model, tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    enc = [encode_chat(tok, p, add_generation_prompt=True)[0] for p in prompts]
+    gens = greedy_generate(model, enc, max_new_tokens, batch_size, stop, pad)
+    return [tok.decode([t for t in g if t not in eos], skip_special_tokens=True).strip() for g in gens]
 
 
 def evaluate_rows(model, tok, rows: list[Row], spec: EvalSpec, label: str) -> EvalResult:
