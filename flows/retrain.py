@@ -10,12 +10,14 @@ from prefect.states import Cancelled
 from tasks.benchmarks import run_benchmark_suite
 from tasks.data import prepare_base_model, validate_dataset
 from tasks.evaluation import decide_promotion, evaluate_adapter, judge_answers
-from tasks.guards import Approval, estimate_job
-from tasks.registry import apply_decision, publish_report, register_candidate
+from tasks.guards import Approval, estimate_job, hand_off_to_gpu
+from tasks.registry import apply_decision, fetch_adapter, publish_report, register_candidate
 from tasks.training import train_adapter
 from tuneloop.evals.benchmarks import guarded_pairs
 from tuneloop.evals.judge import RubricGate, check_rubrics
+from tuneloop.basemodel import device
 from tuneloop.guards import RunGuard, check
+from tuneloop.presets import placement
 from tuneloop.registry import open_registry
 from tuneloop.specs import RetrainSpec
 from tuneloop.summary import benchmark_rows, build_summary
@@ -24,6 +26,14 @@ from tuneloop.summary import benchmark_rows, build_summary
 @flow(name="retrain")
 def retrain(spec: RetrainSpec) -> dict:
     logger = get_run_logger()
+    if placement(spec.hardware, device() == "cuda") == "gpu-pool":
+        if spec.gpu_deployment is None:
+            logger.warning(f"hardware {spec.hardware!r} has a GPU but this worker has none; training here on "
+                           "CPU (set gpu_deployment to hand such runs to gpu-pool)")
+        else:
+            run_id = hand_off_to_gpu(spec)
+            return {"handed_off_to": run_id, "deployment": spec.gpu_deployment,
+                    "reason": f"hardware {spec.hardware!r} needs a GPU and this worker has none"}
     base = prepare_base_model(spec.base_model)
     dataset = validate_dataset(spec, base)  # raises before anything is written if the data is bad
 
@@ -55,14 +65,15 @@ def retrain(spec: RetrainSpec) -> dict:
         incumbent = evaluate_adapter(spec, base, None, dataset.eval_rows, "base")
     else:
         champion_base = prepare_base_model(champion.manifest["base_model"])
-        incumbent = evaluate_adapter(spec, champion_base, champion.adapter_dir, dataset.eval_rows,
+        champion_adapter = fetch_adapter(champion.id)  # every file checked against the manifest's sha256
+        incumbent = evaluate_adapter(spec, champion_base, champion_adapter, dataset.eval_rows,
                                      f"champion {champion.id}")
     guarded, cand_bench, inc_bench = None, {}, {}
     if spec.benchmarks.names:
         quant = spec.training.quantization
         cand_bench = run_benchmark_suite(spec.benchmarks, base, trained.adapter_dir, quant)
         inc_bench = (run_benchmark_suite(spec.benchmarks, base, None, quant) if champion is None else
-                     run_benchmark_suite(spec.benchmarks, champion_base, champion.adapter_dir, quant))
+                     run_benchmark_suite(spec.benchmarks, champion_base, champion_adapter, quant))
         guarded = guarded_pairs(cand_bench, inc_bench)
 
     judge_summary, rubric_checks = {}, []
@@ -80,9 +91,10 @@ def retrain(spec: RetrainSpec) -> dict:
         metrics=candidate.metrics,
         extra={"tenant": spec.tenant, "training": {k: v for k, v in trained.to_json().items() if k != "history"},
                "incumbent": {"label": incumbent.label, "metrics": incumbent.metrics},
-               "dataset": dataset.manifest()},
+               "dataset": dataset.manifest(), "feedback_window": dataset.datasheet.get("collection_window")},
     )
-    apply_decision(version.id, decision, spec.tenant)
+    # the champion moves only if it is still the one the gate compared against (compare-and-swap)
+    apply_decision(version.id, decision, spec.tenant, expected_champion=champion.id if champion else None)
     summary = build_summary(version.id, decision, candidate, incumbent, trained.to_json(), dataset,
                             benchmarks=benchmark_rows(cand_bench, inc_bench, decision, spec.gate.confidence,
                                                       spec.gate.bootstrap_resamples),

@@ -9,6 +9,7 @@ from prefect.artifacts import create_table_artifact
 
 from tasks.benchmarks import run_benchmark_suite
 from tasks.data import prepare_base_model
+from tasks.registry import fetch_adapter
 from tuneloop.evals.benchmarks import headline
 from tuneloop.registry import open_registry
 from tuneloop.specs import RunBenchmarksSpec
@@ -21,12 +22,13 @@ def run_benchmarks(spec: RunBenchmarksSpec) -> dict:
     version = registry.get(spec.version)
     base = prepare_base_model(version.manifest["base_model"])
     quantization = version.manifest.get("spec", {}).get("training", {}).get("quantization", "none")
-    results = run_benchmark_suite(spec.benchmarks, base, version.adapter_dir, quantization)
+    results = run_benchmark_suite(spec.benchmarks, base, fetch_adapter(version.id), quantization)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     record = {
         "version": version.id, "at": stamp, "base_model": version.manifest["base_model"],
         "lineage": {"parent_version": version.manifest.get("parent_version"),
-                    "dataset_version": version.manifest.get("dataset_version")},
+                    "dataset_version": version.manifest.get("dataset_version"),
+                    "feedback_window": version.manifest.get("feedback_window")},
         "results": {name: r.to_json() for name, r in results.items()},
     }
     path = registry.attach(version.id, f"benchmarks-{stamp}.json", record)

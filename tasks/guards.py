@@ -34,3 +34,18 @@ def estimate_job(spec: RetrainSpec, base_path: str, dataset: PreparedDataset) ->
         f"${spec.guards.approval_usd:g}.\n", key="retrain-estimate", description=f"${est.usd:.2f}, {est.hours:.3g} h")
     get_run_logger().info(f"estimate: {est.hours:.3g} h, ${est.usd:.2f} on {est.hardware}")
     return est
+
+
+@task(name="hand-off-to-gpu", **TASK_DEFAULTS)
+def hand_off_to_gpu(spec: RetrainSpec) -> str:
+    """Start the same retrain on the GPU deployment (its work pool has GPU workers); returns the new run's id.
+    The spec goes along with `gpu_deployment` cleared, so a run that lands on a GPU-less worker again fails
+    with the reason instead of bouncing."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(spec.gpu_deployment, parameters={"spec": spec.model_copy(update={"gpu_deployment": None})
+                                                          .model_dump(mode="json")}, timeout=0,
+                         tags=["tuneloop", "handed-off"])
+    get_run_logger().info(f"hardware {spec.hardware!r} needs a GPU and this worker has none: handed off to "
+                          f"{spec.gpu_deployment} as flow run {run.id}")
+    return str(run.id)

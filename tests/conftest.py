@@ -30,7 +30,14 @@ os.environ.update({
     "PREFECT_PROFILE": "local",
 })
 
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from importlib import resources  # noqa: E402
+
+import httpx  # noqa: E402
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,3 +73,135 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server for the whole session, with fake credentials and AWS_ENDPOINT_URL pointing at it."""
+    from fakes.s3_server import moto_s3_server
+
+    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+             "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3")
+    saved = {k: os.environ.pop(k, None) for k in names}
+    with moto_s3_server() as endpoint:
+        os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"})
+        try:
+            yield endpoint
+        finally:
+            for k, v in saved.items():
+                os.environ.pop(k, None)
+                if v is not None:
+                    os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint) -> str:
+    """A fresh, empty bucket on the session's moto server."""
+    import uuid
+
+    import boto3
+
+    name = f"tuneloop-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+# -- serving: a trained adapter, a registry holding it, real HTTP servers (uvicorn on loopback) --
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def good_adapter(tiny_base, demo_files, tmp_path_factory) -> Path:
+    """The demo preset's LoRA trained on the demo feedback (~20 s): answers the intent task well."""
+    from tuneloop.data import prepare_dataset
+    from tuneloop.specs import DataSpec, TrainingSpec
+    from tuneloop.training import train_lora
+
+    preset = yaml.safe_load(resources.files("tuneloop").joinpath("assets/demo-preset.yaml").read_text())
+    spec = TrainingSpec(**preset["training"])
+    ds = prepare_dataset(demo_files["feedback"], DataSpec())
+    res = train_lora(spec, tiny_base, ds.train, ds.validation, tmp_path_factory.mktemp("train") / "run",
+                     log=lambda m: None)
+    return Path(res.adapter_dir)
+
+
+@pytest.fixture(scope="session")
+def broken_adapter(good_adapter, tmp_path_factory) -> Path:
+    """The good adapter with its LoRA B matrices scrambled: loads and answers, but wrongly."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("broken") / "adapter"
+    shutil.copytree(good_adapter, out)
+    weights = load_file(out / "adapter_model.safetensors")
+    g = torch.Generator().manual_seed(0)
+    weights = {k: (torch.randn(v.shape, generator=g) * 0.5 if "lora_B" in k else v) for k, v in weights.items()}
+    save_file(weights, out / "adapter_model.safetensors")
+    return out
+
+
+@pytest.fixture
+def registry(state_dir, good_adapter, broken_adapter):
+    """A local registry: v1 and v2 the same good adapter (v2 child of v1), v3 the broken one."""
+    from tuneloop.registry import open_registry
+
+    reg = open_registry()
+    for adapter, parent in ((good_adapter, None), (good_adapter, "v1"), (broken_adapter, "v2")):
+        reg.create_version(adapter, base_model="tuneloop/tiny-llama", dataset_version="demo",
+                           parent_version=parent, spec={}, metrics={})
+    return reg
+
+
+class Server:
+    def __init__(self, app, port: int):
+        import uvicorn
+
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        # log_config=None: uvicorn must not bind log handlers to a capture stream pytest closes after the test
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                                    timeout_graceful_shutdown=10))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code in (200, 503):
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture
+def make_server(registry, tiny_base):
+    """Start a server whose blue slot serves `first` (a registry ref or "base")."""
+    from tuneloop.serving.app import Loader, create_app
+    from tuneloop.serving.slots import Router
+
+    started = []
+
+    def make(first: str = "v1", admin_token: str | None = None, allow_faults: bool = True) -> Server:
+        loader = Loader(registry, "tuneloop/tiny-llama")
+        router = Router()
+        router.begin_load("blue")
+        router.finish_load("blue", loader(first))
+        srv = Server(create_app(router, loader, "tuneloop", admin_token, registry, allow_faults), free_port())
+        started.append(srv.__enter__())
+        return srv
+
+    yield make
+    for s in started:
+        s.__exit__(None, None, None)

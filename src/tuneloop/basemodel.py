@@ -107,10 +107,18 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def trust_remote_code() -> bool:
+    """Whether `from_pretrained` may run Python from a model repository: only when the operator sets
+    TUNELOOP_TRUST_REMOTE_CODE=1. Passed explicitly so no library default decides it."""
+    from tuneloop.settings import get_settings
+
+    return get_settings().trust_remote_code
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code())
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not getattr(tok, "chat_template", None):
@@ -125,7 +133,7 @@ def load_model(path: str, quantization: str = "none"):
 
     dev = device()
     dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    kwargs: dict = {"dtype": dtype}
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code()}
     if quantization == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)

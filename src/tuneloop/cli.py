@@ -115,8 +115,9 @@ def cmd_evaluate(args) -> int:
 
     adapter, base_name, label = args.adapter, args.base_model, "base"
     if args.version:
-        v = open_registry().get(args.version)
-        adapter, base_name, label = v.adapter_dir, v.manifest["base_model"], v.id
+        reg = open_registry(args.registry)
+        v = reg.get(args.version)
+        adapter, base_name, label = reg.adapter_for(v.id), v.manifest["base_model"], v.id  # checksums verified
     elif adapter:
         label = str(adapter)
     base = resolve_base_model(base_name, get_settings().models_dir)
@@ -131,29 +132,59 @@ def cmd_evaluate(args) -> int:
 
 
 # -- registry -------------------------------------------------------------------
+def _version_line(v, aliases: dict) -> str:
+    names = ",".join(a for a, vid in aliases.items() if vid == v.id)
+    em = v.metrics.get("exact_match")
+    tags = " ".join(f"{k}={val}" for k, val in sorted(v.tags.items()))
+    return (f"{v.id:<6} {v.status.get('status', 'candidate'):<10} {names:<18} "
+            f"exact_match={'-' if em is None else f'{em:.3f}'}  data={v.manifest['dataset_version'][:12]}  "
+            f"{v.manifest['created_at']}" + (f"  {tags}" if tags else ""))
+
+
 def cmd_registry(args) -> int:
     from tuneloop.registry import open_registry
+    from tuneloop.registry.query import parse_tag, render_lineage
     from tuneloop.report import text_table
 
     reg = open_registry(args.registry)
-    if args.registry_cmd == "list":
-        aliases = reg.aliases()
-        rows = reg.list()
+    cmd = args.registry_cmd
+    if cmd in ("list", "search"):
+        rows = reg.list() if cmd == "list" else reg.search(
+            tags=[*args.tag], metrics=[*args.metric], base=args.base, status=args.status)
         if not rows:
-            print(f"no versions yet in {reg.root}")
+            print(f"no versions yet in {reg.location}" if cmd == "list" else "no version matches")
+        aliases = reg.aliases()
         for v in rows:
-            tags = ",".join(a for a, vid in aliases.items() if vid == v.id)
-            em = v.metrics.get("exact_match")
-            print(f"{v.id:<6} {v.status.get('status', 'candidate'):<10} {tags:<18} "
-                  f"exact_match={'-' if em is None else f'{em:.3f}'}  data={v.manifest['dataset_version'][:12]}  "
-                  f"{v.manifest['created_at']}")
-    elif args.registry_cmd == "show":
+            print(_version_line(v, aliases))
+    elif cmd == "show":
         v = reg.get(args.ref)
-        print(json.dumps({"manifest": v.manifest, "status": v.status,
+        print(json.dumps({"manifest": v.manifest, "status": v.status, "tags": v.tags,
                           "integrity": reg.verify(v.id) or "ok"}, indent=2, default=str))
-    elif args.registry_cmd == "compare":
+    elif cmd == "compare":
         a, b = reg.get(args.a), reg.get(args.b)
         print(text_table({a.id: a.metrics, b.id: b.metrics}))
+    elif cmd == "tag":
+        if not args.pairs and not args.remove:
+            raise UserError(f"tag {args.ref}", "needs at least one KEY=VALUE or --remove KEY",
+                            f"e.g. tuneloop registry tag {args.ref} team=search")
+        tags = reg.tag(args.ref, dict(parse_tag(t) for t in args.pairs), remove=args.remove)
+        print(f"{reg.resolve(args.ref)}: " + (" ".join(f"{k}={v}" for k, v in sorted(tags.items())) or "no tags"))
+    elif cmd == "delete":
+        vid = reg.resolve(args.ref)
+        reg.delete(vid)
+        print(f"deleted {vid} from {reg.location}")
+    elif cmd == "lineage":
+        print(render_lineage(reg.lineage(args.ref)) or f"no versions yet in {reg.location}")
+    elif cmd == "alias":
+        if (args.ref is None) == (not args.clear):
+            raise UserError(f"alias {args.name}", "needs either a version (REF) or --clear, not both",
+                            f"e.g. tuneloop registry alias {args.name} v3")
+        kwargs = {}
+        if args.expected is not None:  # compare-and-swap: 'none' expects the alias to be unset
+            kwargs["expected"] = None if args.expected.lower() in ("", "none") else args.expected
+        before = reg.aliases().get(args.name)
+        reg.set_alias(args.name, None if args.clear else args.ref, **kwargs)
+        print(f"{args.name}: {before or 'unset'} -> {reg.aliases().get(args.name) or 'unset'}")
     return 0
 
 
@@ -221,6 +252,9 @@ def cmd_retrain(args) -> int:
     spec = _spec_from_args(args)
     retrain = _import_flow("retrain")
     summary = retrain(spec)
+    if "handed_off_to" in summary:
+        print(f"handed off to {summary['deployment']} as flow run {summary['handed_off_to']}: {summary['reason']}")
+        return 0
     print(summary["decision"]["reason"])
     return 0
 
@@ -307,21 +341,56 @@ def build_parser() -> argparse.ArgumentParser:
                        "an adapter folder, or a registry version on every row of --data.")
     e.add_argument("--data", required=True)
     e.add_argument("--version", help="registry version or alias (champion, challenger)")
+    e.add_argument("--registry", help="registry folder or s3://BUCKET/PREFIX for --version")
     e.add_argument("--adapter", help="adapter folder")
     e.add_argument("--base-model", default="tuneloop/tiny-llama")
     e.add_argument("--max-new-tokens", type=int, default=64)
     e.add_argument("--output", help="write all per-item results as JSON here")
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("registry", help="inspect model versions")
-    r.add_argument("--registry", help="registry folder (default: TUNELOOP_REGISTRY_DIR or the state folder's)")
+    from tuneloop.registry.core import ALIASES
+
+    where = "registry folder or s3://BUCKET/PREFIX (default: TUNELOOP_REGISTRY, TUNELOOP_REGISTRY_DIR, " \
+            "or the state folder's)"
+    r = sub.add_parser("registry", help="inspect, search, tag and delete model versions",
+                       description="Versions with manifests, sha256 checksums, lineage, tags and aliases, in a "
+                       "folder or on S3 (endpoint: AWS_ENDPOINT_URL). --registry goes before or after the command.")
+    r.add_argument("--registry", help=where)
     rs = r.add_subparsers(dest="registry_cmd", required=True)
-    rs.add_parser("list", help="every version with status, aliases and exact match")
-    sh = rs.add_parser("show", help="a version's manifest, status and file integrity")
+
+    def rcmd(name: str, **kw):
+        sp = rs.add_parser(name, **kw)
+        sp.add_argument("--registry", default=argparse.SUPPRESS, help=where)
+        return sp
+
+    rcmd("list", help="every version with status, aliases and exact match")
+    sh = rcmd("show", help="a version's manifest, status, tags and file integrity")
     sh.add_argument("ref", help="version id (v3) or alias (champion)")
-    c = rs.add_parser("compare", help="metrics of two versions side by side")
+    c = rcmd("compare", help="metrics of two versions side by side")
     c.add_argument("a")
     c.add_argument("b")
+    se = rcmd("search", help="versions matching every filter given",
+              description="Filters combine with AND; repeat --tag and --metric for more.")
+    se.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
+    se.add_argument("--metric", action="append", default=[], metavar="COND",
+                    help="a metric condition such as 'exact_match>=0.8' (>= <= > < == !=)")
+    se.add_argument("--base", help="exact base model name, e.g. tuneloop/tiny-llama")
+    se.add_argument("--status", help="candidate, champion, rejected or retired")
+    tg = rcmd("tag", help="add or change tags (KEY=VALUE ...) and remove others (--remove KEY)")
+    tg.add_argument("ref")
+    tg.add_argument("pairs", nargs="*", metavar="KEY=VALUE")
+    tg.add_argument("--remove", action="append", default=[], metavar="KEY")
+    dl = rcmd("delete", help="delete a version no alias points to (its id is never reused)")
+    dl.add_argument("ref")
+    ln = rcmd("lineage", help="the version graph: parent, dataset version, feedback window",
+              description="Without REF, every version as a tree; with REF, it and its ancestors.")
+    ln.add_argument("ref", nargs="?")
+    al = rcmd("alias", help="point an alias (champion, challenger, production) at a version, or clear it",
+              description="A compare-and-swap with --expected: refused if the alias moved meanwhile.")
+    al.add_argument("name", choices=ALIASES)
+    al.add_argument("ref", nargs="?")
+    al.add_argument("--clear", action="store_true")
+    al.add_argument("--expected", metavar="VERSION", help="only if the alias points here now ('none': unset)")
     r.set_defaults(func=cmd_registry)
 
     fb = sub.add_parser("feedback", help="collect feedback and build datasets from it").add_subparsers(
@@ -351,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Champion vs challenger per metric with paired bootstrap intervals, gate "
                         "checks, benchmarks, judge scores and the loss curves, as report.json/.md/.html.")
     rp.add_argument("version", help="version id or alias")
-    rp.add_argument("--registry", help="registry folder (default: the state folder's)")
+    rp.add_argument("--registry", help="registry folder or s3://BUCKET/PREFIX (default: the configured one)")
     rp.add_argument("--out", help="folder for the three files (default: <version>/report)")
     rp.set_defaults(func=cmd_report)
 
@@ -365,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "clean feedback (promoted) then corrupted feedback (rejected).")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_demo)
+
+    from tuneloop.cli_manage import add_parsers
+    from tuneloop.export import add_export_parser
+
+    add_export_parser(sub)
+    add_parsers(sub)  # serve, deploy, jobs
     return p
 
 
@@ -389,7 +464,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.cmd in ("train", "evaluate", "retrain", "demo", "feedback", "drift"):
+    if args.cmd in ("train", "evaluate", "retrain", "demo", "feedback", "drift", "export", "serve", "deploy"):
         _quiet_libraries()
     try:
         return args.func(args)

@@ -55,5 +55,41 @@ class NotFoundError(RegistryError, UserError):
         )
 
 
+class ConflictError(RegistryError):
+    """A conditional write lost a race: what it read changed before it wrote. Nothing was written;
+    re-read and decide again (never retried blindly, since the decision was made on stale state)."""
+
+
+class ChecksumError(RegistryError):
+    """A registered file's bytes no longer match the sha256 in the version's manifest."""
+
+    def __init__(self, version: str, file: str, expected: str | None, actual: str | None, where: str):
+        self.version, self.file, self.expected, self.actual = version, file, expected, actual
+        want = f"sha256 {expected}" if expected else "no such file (it is not in the manifest)"
+        got = f"sha256 {actual}" if actual else "no such file"
+        super().__init__(
+            f"{file} of version {version} in {where} fails its checksum: expected {want}, found {got}. "
+            f"Refusing to load it. Fix: the file was changed, removed or added after registration; restore the "
+            f"original adapter files, or retrain and register a new version "
+            f"(`tuneloop registry show {version}` lists every file that differs)")
+
+
+class RefusedError(RegistryError, UserError):
+    """A registry change the operator asked for that breaks a rule (deleting an aliased version, ...)."""
+
+
+class UnsafeFileError(RefusedError):
+    """An adapter holds a pickle-based weight file, which can run code when loaded."""
+
+    def __init__(self, files: list[str], where: str):
+        self.files = files
+        UserError.__init__(
+            self, f"{where}: {', '.join(files)}",
+            "the registry holds safetensors adapters only; pickle-based weight files (*.bin, *.pt, *.pth, "
+            "*.pkl, *.ckpt) can run arbitrary code when loaded",
+            "save the adapter with `model.save_pretrained(folder, safe_serialization=True)` (the default) "
+            "and remove the pickle files, or convert them with safetensors' `save_file`")
+
+
 class TransientError(TuneloopError):
     """Network failures, 5xx answers, timeouts: safe to retry."""

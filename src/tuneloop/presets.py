@@ -149,6 +149,12 @@ def work_pool_for(hardware: str | dict) -> str:
     return "gpu-pool" if hardware_row(hardware).get("gpu") else "cpu-pool"
 
 
+def placement(hardware: str | dict, gpu_here: bool) -> str:
+    """Where a job for `hardware` runs, seen from a worker with or without a GPU:
+    "here", or "gpu-pool" when the hardware needs a GPU this worker lacks."""
+    return "gpu-pool" if work_pool_for(hardware) == "gpu-pool" and not gpu_here else "here"
+
+
 def _merged(name: str, user_presets: dict | None) -> dict:
     shipped = copy.deepcopy(PRESETS.get(name, {}))
     user = copy.deepcopy((user_presets or {}).get(name, {}))

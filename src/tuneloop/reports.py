@@ -690,14 +690,14 @@ def write_reports(summary: dict, out_dir: str | Path) -> dict[str, Path]:
 def summary_from_registry(registry, ref: str) -> dict:
     """The summary of a version: its `evaluation.json` when stored, else a partial one rebuilt from the
     manifest (metrics, training, dataset, incumbent) and status.json (the decision, when one was recorded)."""
-    if isinstance(registry, (str, Path)):
-        from tuneloop.registry import LocalRegistry
+    if isinstance(registry, (str, Path)):  # a folder or an s3:// URL
+        from tuneloop.registry import open_registry
 
-        registry = LocalRegistry(registry)
+        registry = open_registry(registry)
     v = registry.get(ref)
-    stored = v.path / "evaluation.json"
-    if stored.exists():
-        return json.loads(stored.read_text(encoding="utf-8"))
+    stored = registry.attachment(v.id, "evaluation.json")
+    if stored is not None:
+        return stored
     m = v.manifest
     incumbent = m.get("incumbent") if isinstance(m.get("incumbent"), dict) else {}
     dataset = m.get("dataset") if isinstance(m.get("dataset"), dict) else {}

@@ -13,10 +13,16 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNELOOP_", extra="ignore")
 
     state_dir: Path = Path(".tuneloop")
+    # The registry: a folder or s3://bucket/prefix (TUNELOOP_REGISTRY); it wins over the older
+    # folder-only TUNELOOP_REGISTRY_DIR, which still works. S3 endpoint: the standard AWS_ENDPOINT_URL.
+    registry: str | None = None
     registry_dir: Path | None = None
     models_dir: Path | None = None
     runs_dir: Path | None = None
     datasets_dir: Path | None = None
+    # Hugging Face `trust_remote_code`: off unless turned on (TUNELOOP_TRUST_REMOTE_CODE=1), since it runs
+    # Python shipped with a model repository on this machine.
+    trust_remote_code: bool = False
 
     def model_post_init(self, __context) -> None:
         self.state_dir = self.state_dir.expanduser().resolve()

@@ -146,6 +146,8 @@ class RetrainSpec(_Spec):
     judge: JudgeSpec | None = None
     guards: GuardSpec = GuardSpec()
     hardware: str = Field("cpu", description="a row of tuneloop.presets.HARDWARE: prices and throughput for estimates")
+    gpu_deployment: str | None = Field(None, description="deployment (flow/name) a run whose hardware has a GPU "
+                                       "is handed to when it starts on a worker without one; None: train here")
 
     @model_validator(mode="after")
     def _splits(self):
@@ -202,6 +204,36 @@ class DriftSpec(_Spec):
     min_auc: float = Field(0.6, ge=0.5, le=1)
     max_samples: int = Field(2000, ge=20)
     emit_events: bool = True
+
+
+class PromoteSpec(_Spec):
+    """How a version goes live on a serving endpoint (flow `promote`)."""
+
+    server: str = Field("http://127.0.0.1:8000", description="the tuneloop serving endpoint (no /v1)")
+    admin_token_env: str = Field("TUNELOOP_ADMIN_TOKEN", description="env var holding the admin token, if any")
+    version: str = Field("champion", description="registry version or alias to promote")
+    alias: str = Field("production", description="registry alias moved to the version once it is live")
+    mode: Literal["blue-green", "canary"] = "blue-green"
+    canary_steps: list[float] = Field(default_factory=lambda: [0.10, 0.25, 0.50, 0.75, 1.0])
+    step_seconds: float = Field(10.0, ge=0, description="observation time at each canary step")
+    watch_seconds: float = Field(30.0, ge=0, description="observation after the switch; a breach rolls back")
+    smoke: str | None = Field(None, description="JSONL chat rows to validate with; default: the version's "
+                                                "evaluation rows")
+    smoke_items: int = Field(40, ge=1)
+    probe_items: int = Field(8, ge=1, description="smoke items re-asked at each analysis")
+    min_accuracy: float = Field(0.7, ge=0, le=1, description="exact match on the smoke set")
+    max_p95_seconds: float = Field(2.0, gt=0)
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    min_requests: int = Field(1, ge=0, description="requests a canary step must see before it is judged")
+    max_tokens: int = Field(32, ge=1)
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _steps(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < w <= 1 for w in v) or sorted(v) != v or v[-1] != 1.0:
+            raise ValueError("canary steps must be increasing fractions in (0, 1] ending at 1.0, "
+                             "e.g. [0.1, 0.25, 0.5, 0.75, 1.0]")
+        return v
 
 
 def read_yaml(path: str | Path, what: str = "config") -> object:

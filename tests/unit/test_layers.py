@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT
 
 CORE = ROOT / "src" / "tuneloop"
-ENTRY = {CORE / "cli.py"}  # the CLI is the entry layer: it may run flows
+ENTRY = {CORE / "cli.py", CORE / "cli_manage.py"}  # the CLI is the entry layer: it may run flows and use Prefect's API
 
 
 def imported_modules(path: Path) -> set[str]:

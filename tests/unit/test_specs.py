@@ -9,8 +9,8 @@ import yaml
 
 from conftest import ROOT
 from tuneloop.errors import SpecError
-from tuneloop.specs import (CollectSpec, DriftSpec, RetrainSpec, RunBenchmarksSpec, TrainingSpec, load_yaml_spec,
-                            validate_spec)
+from tuneloop.specs import (CollectSpec, DriftSpec, PromoteSpec, RetrainSpec, RunBenchmarksSpec, TrainingSpec,
+                            load_yaml_spec, validate_spec)
 
 DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
 
@@ -23,7 +23,7 @@ def test_prefect_yaml_deployment_parameters_validate(deployment, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     flow = load_flow_from_entrypoint(deployment["entrypoint"])
     params = flow.validate_parameters(deployment["parameters"])  # Prefect's own check
-    assert isinstance(params["spec"], (RetrainSpec, CollectSpec, DriftSpec, RunBenchmarksSpec))
+    assert isinstance(params["spec"], (RetrainSpec, CollectSpec, DriftSpec, RunBenchmarksSpec, PromoteSpec))
     assert deployment["work_pool"]["name"] in {"cpu-pool", "gpu-pool"}
 
 
@@ -37,6 +37,9 @@ def test_schedules_and_triggers_are_declared():
     assert triggers["tuneloop.feedback.negative"]["threshold"] == 100
     assert triggers["tuneloop.feedback.negative"]["within"] == 168 * 3600
     assert triggers["tuneloop.drift.detected"]["threshold"] == 1
+    promote = by_name["promote"]
+    assert promote["triggers"][0]["expect"] == ["tuneloop.champion.changed"]  # emitted by tasks.registry
+    assert promote["concurrency_limit"] == 1
 
 
 def test_triggers_are_valid_prefect_triggers():

@@ -1,0 +1,196 @@
+"""The pieces of a promotion onto a serving endpoint; the `promote` flow composes them.
+
+    load the candidate into the idle slot -> validate it there (smoke accuracy, p95 latency)
+    -> blue-green: switch, watch, roll back on a breach
+    -> canary: 10/25/50/75/100% of routed traffic, an analysis at each step, roll back on a breach
+    -> move the registry alias (compare-and-swap) once the candidate is live
+
+Everything here talks to the server over HTTP (httpx), so the flow and the
+server can run on different machines. `analyze` is a pure function.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tuneloop.errors import TransientError, TuneloopError, UserError
+
+
+class PromotionError(TuneloopError):
+    """The server refused an admin call (bad slot state, unknown version ...)."""
+
+
+@dataclass
+class SmokeItem:
+    messages: list[dict]
+    answer: str
+
+
+@dataclass
+class Check:
+    """An analysis: ok, and why not."""
+
+    ok: bool
+    reasons: list[str] = field(default_factory=list)
+    accuracy: float | None = None
+    requests: int = 0
+    error_rate: float = 0.0
+    p95_s: float | None = None
+    at: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class ServingAdmin:
+    """Client of a tuneloop server's admin and OpenAI routes."""
+
+    def __init__(self, server: str, token: str | None = None, timeout: float = 120.0):
+        self.server = server.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kw) -> dict:
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise TransientError(f"serving endpoint {self.server} unreachable ({type(e).__name__}: {e}); "
+                                 "is `tuneloop serve` running there?") from e
+        try:
+            body = r.json()
+        except ValueError:
+            body = {"error": {"message": r.text[:500]}}
+        if r.status_code >= 400:
+            msg = body.get("error", {}).get("message", r.text[:500]) if isinstance(body, dict) else r.text[:500]
+            raise PromotionError(f"{method} {path} -> {r.status_code}: {msg}")
+        return body
+
+    def status(self) -> dict:
+        return self._call("GET", "/admin/status")
+
+    def load(self, slot: str, version: str) -> dict:
+        return self._call("POST", f"/admin/slots/{slot}/load", json={"version": version})
+
+    def unload(self, slot: str) -> dict:
+        return self._call("POST", f"/admin/slots/{slot}/unload")
+
+    def switch(self, slot: str) -> dict:
+        return self._call("POST", "/admin/switch", json={"slot": slot})
+
+    def canary(self, slot: str, weight: float) -> dict:
+        return self._call("POST", "/admin/canary", json={"slot": slot, "weight": weight})
+
+    def rollback(self) -> dict:
+        return self._call("POST", "/admin/rollback")
+
+    def stats(self, slot: str, since: float | None = None, version: str | None = None) -> dict:
+        params = {k: v for k, v in (("since", since), ("version", version)) if v is not None}
+        return self._call("GET", f"/admin/slots/{slot}/stats", params=params)
+
+    def ask(self, model: str, messages: list[dict], max_tokens: int) -> tuple[str | None, float, dict]:
+        """(answer or None on failure, seconds, response headers) for one chat completion, temperature 0."""
+        t0 = time.perf_counter()
+        try:
+            r = self.http.post("/v1/chat/completions", json={"model": model, "messages": messages,
+                                                            "max_tokens": max_tokens, "temperature": 0})
+            dt = time.perf_counter() - t0
+            if r.status_code != 200:
+                return None, dt, dict(r.headers)
+            return r.json()["choices"][0]["message"]["content"], dt, dict(r.headers)
+        except (httpx.HTTPError, ValueError, KeyError, IndexError):
+            return None, time.perf_counter() - t0, {}
+
+
+def read_smoke(path: str | Path, limit: int) -> list[SmokeItem]:
+    """Chat rows (the training data format) as questions with expected answers; the last assistant turn answers."""
+    from tuneloop.data.validate import validate_file
+
+    report = validate_file(path, min_examples=1)
+    if report.errors:
+        first = report.errors[0]
+        raise UserError(str(path), f"the smoke set must be valid chat rows (line {first.line}: {first.message})",
+                        "check it with `tuneloop data validate`")
+    items = [SmokeItem(r.prompt_messages, r.answer) for r in report.rows[:limit]]
+    if not items:
+        raise UserError(str(path), "the smoke set holds no rows", "give a JSONL file of chat rows")
+    return items
+
+
+def default_smoke_path(manifest: dict) -> Path:
+    from tuneloop.settings import get_settings
+
+    dv = manifest.get("dataset_version") or ""
+    path = get_settings().datasets_dir / dv[:16] / "eval.jsonl"
+    if not dv or not path.exists():
+        raise UserError("smoke", f"no smoke set given and the version's evaluation rows ({path}) are not here",
+                        "set `smoke:` in the promote spec to a JSONL file of chat rows")
+    return path
+
+
+def probe(admin: ServingAdmin, model: str, items: list[SmokeItem], max_tokens: int) -> dict:
+    """Ask each item through `model` (a slot pin or the routed name): accuracy, failures, latencies."""
+    from tuneloop.evals.benchmarks import normalize_answer
+
+    correct, failed, lat, versions = 0, 0, [], {}
+    for it in items:
+        ans, dt, headers = admin.ask(model, it.messages, max_tokens)
+        lat.append(dt)
+        if ans is None:
+            failed += 1
+            continue
+        v = headers.get("x-tuneloop-version", "?")
+        versions[v] = versions.get(v, 0) + 1
+        correct += normalize_answer(ans) == normalize_answer(it.answer)
+    from tuneloop.serving.slots import quantile
+
+    return {"items": len(items), "accuracy": correct / len(items) if items else None, "failed": failed,
+            "p50_s": quantile(lat, 0.5), "p95_s": quantile(lat, 0.95), "versions": versions}
+
+
+def analyze(stats: dict, probed: dict | None, *, min_accuracy: float, max_p95_s: float, max_error_rate: float,
+            min_requests: int = 0, at: str = "") -> Check:
+    """Judge a slot from its server-side request stats and a probe of known answers."""
+    reasons = []
+    n, err, p95 = int(stats.get("requests", 0)), float(stats.get("error_rate", 0.0)), stats.get("p95_s")
+    if n < min_requests:
+        reasons.append(f"only {n} requests observed, {min_requests} needed to judge")
+    if err > max_error_rate:
+        reasons.append(f"error rate {err:.3f} > {max_error_rate:.3f} ({stats.get('errors', 0)} of {n})")
+    if p95 is not None and p95 > max_p95_s:
+        reasons.append(f"p95 latency {p95:.3f} s > {max_p95_s:.3f} s")
+    acc = None
+    if probed is not None:
+        acc = probed["accuracy"]
+        if probed["failed"]:
+            reasons.append(f"{probed['failed']} of {probed['items']} probe requests failed")
+        if acc is not None and acc < min_accuracy:
+            reasons.append(f"smoke accuracy {acc:.3f} < {min_accuracy:.3f}")
+        if probed["p95_s"] is not None and probed["p95_s"] > max_p95_s:
+            reasons.append(f"probe p95 latency {probed['p95_s']:.3f} s > {max_p95_s:.3f} s")
+    return Check(not reasons, reasons, acc, n, err, p95, at)
+
+
+def idle_slot(status: dict) -> str:
+    from tuneloop.serving.slots import other
+
+    return other(status["live"])
+
+
+def summary_markdown(result: dict) -> str:
+    lines = [f"# Promotion of {result['version']}: {result['outcome']}", "", result.get("reason", ""), "",
+             "| step | ok | accuracy | requests | error rate | p95 s | reasons |", "|---|---|---|---|---|---|---|"]
+    for c in result.get("checks", []):
+        acc = "" if c["accuracy"] is None else f"{c['accuracy']:.3f}"
+        p95 = "" if c["p95_s"] is None else f"{c['p95_s']:.3f}"
+        lines.append(f"| {c['at']} | {'yes' if c['ok'] else 'NO'} | {acc} | {c['requests']} | "
+                     f"{c['error_rate']:.3f} | {p95} | {'; '.join(c['reasons'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def dumps(result: dict) -> str:
+    return json.dumps(result, indent=2, default=str)

@@ -1,0 +1,48 @@
+"""Serving admin calls and analyses for the promote flow, one core call each."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from prefect import task
+
+from tasks import TASK_DEFAULTS
+from tuneloop.serving.promote import Check, ServingAdmin, analyze, probe
+from tuneloop.specs import PromoteSpec
+
+
+def admin_for(spec: PromoteSpec) -> ServingAdmin:
+    return ServingAdmin(spec.server, os.environ.get(spec.admin_token_env) or None)
+
+
+@task(name="load-candidate", **TASK_DEFAULTS)
+def load_candidate(spec: PromoteSpec, slot: str, version: str) -> dict:
+    return admin_for(spec).load(slot, version)
+
+
+@task(name="check-slot", **TASK_DEFAULTS)
+def check_slot(spec: PromoteSpec, slot: str, items: list, since: float, at: str, min_requests: int = 0) -> Check:
+    """Probe the slot with smoke items, then judge it on the server's stats since `since` (probes included)."""
+    admin = admin_for(spec)
+    probed = probe(admin, slot, items, spec.max_tokens)
+    return analyze(admin.stats(slot, since), probed, min_accuracy=spec.min_accuracy,
+                   max_p95_s=spec.max_p95_seconds, max_error_rate=spec.max_error_rate,
+                   min_requests=min_requests, at=at)
+
+
+@task(name="set-canary", **TASK_DEFAULTS)
+def set_canary(spec: PromoteSpec, slot: str, weight: float) -> float:
+    admin_for(spec).canary(slot, weight)
+    return time.time()
+
+
+@task(name="switch-slot", **TASK_DEFAULTS)
+def switch_slot(spec: PromoteSpec, slot: str) -> float:
+    admin_for(spec).switch(slot)
+    return time.time()
+
+
+@task(name="roll-back", **TASK_DEFAULTS)
+def roll_back(spec: PromoteSpec) -> dict:
+    return admin_for(spec).rollback()
