@@ -138,7 +138,7 @@ def main() -> None:
           f"acc/acc_norm/pred same {mc_same}, generated tokens same {tok_same}, task answers same {task_same})")
     acc = sum(s["acc"] for s in b["mc"]) / len(mc)
     em = sum(s["exact_match"] for s in b["gen"]) / len(gen)
-    print(f"scores (tiny base, not meaningful): MC acc {acc:.3f}, generative EM {em:.3f}")
+    print(f"scores (tiny model, not meaningful): MC acc {acc:.3f}, generative EM {em:.3f}")
     print(f"{'part':16} {'batch 1 s':>10} {'batch 8 s':>10} {'speedup':>8}")
     for k in best[1]:
         print(f"{k:16} {best[1][k]:10.2f} {best[8][k]:10.2f} {best[1][k] / best[8][k]:7.2f}x")
