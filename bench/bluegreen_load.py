@@ -23,12 +23,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import httpx  # noqa: E402
+
+from tuneloop.serving.slots import quantile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,11 +60,6 @@ def make_registry(tmp: Path) -> str:
         reg.create_version(tmp / f"a{k}", base_model=TINY_BASE, dataset_version="bench", parent_version=None,
                            spec={}, metrics={})
     return str(tmp / "registry")
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
 def main() -> None:
@@ -158,10 +156,9 @@ def main() -> None:
     print(f"{'phase':8} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8}  answered by")
     for name, rows in phases.items():
         lat = [dt for dt, _ in rows]
-        by: dict[str, int] = {}
-        for _, w in rows:
-            by[w if not w.startswith("FAILED") else "failed"] = by.get(w if not w.startswith("FAILED") else "failed", 0) + 1
-        print(f"{name:8} {len(rows):8} {pct(lat, 0.5) * 1000:8.1f} {pct(lat, 0.95) * 1000:8.1f}  {by}")
+        by = Counter("failed" if w.startswith("FAILED") else w for _, w in rows)
+        p50, p95 = (quantile(lat, q) or float("nan") for q in (0.5, 0.95))
+        print(f"{name:8} {len(rows):8} {p50 * 1000:8.1f} {p95 * 1000:8.1f}  {dict(by)}")
     print(f"failed requests: {len(failed)}")
     for r in failed[:5]:
         print("  ", r[2])

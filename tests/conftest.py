@@ -196,8 +196,7 @@ def make_server(registry, tiny_base):
     def make(first: str = "v1", admin_token: str | None = None, allow_faults: bool = True) -> Server:
         loader = Loader(registry, "tuneloop/tiny-llama")
         router = Router()
-        router.begin_load("blue")
-        router.finish_load("blue", loader(first))
+        router.load("blue", lambda: loader(first))
         srv = Server(create_app(router, loader, "tuneloop", admin_token, registry, allow_faults), free_port())
         started.append(srv.__enter__())
         return srv

@@ -125,8 +125,7 @@ def test_unload_waits_for_requests_in_flight(registry, tiny_base):
     router = Router()
     loader = Loader(registry, "tuneloop/tiny-llama")
     for slot, ref in (("blue", "v1"), ("green", "v2")):
-        router.begin_load(slot)
-        router.finish_load(slot, loader(ref))
+        router.load(slot, lambda ref=ref: loader(ref))
     released = threading.Event()
     holding = threading.Event()
 

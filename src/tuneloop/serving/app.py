@@ -43,9 +43,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from tuneloop.errors import TuneloopError, UserError
+from tuneloop.errors import ConflictError, TuneloopError, UserError
 from tuneloop.serving.engine import Engine
-from tuneloop.serving.slots import SLOTS, Router
+from tuneloop.serving.slots import SLOTS, Router, takes_turn
 
 MAX_BODY_TOKENS = 4096
 
@@ -149,7 +149,7 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
 
     @app.exception_handler(TuneloopError)
     async def _tl_error(_req, exc: TuneloopError):
-        return _error(409 if "Conflict" in type(exc).__name__ else 500, str(exc), "server_error")
+        return _error(409 if isinstance(exc, ConflictError) else 500, str(exc), "server_error")
 
     def _admin(request: Request) -> JSONResponse | None:
         if admin_token is None:
@@ -233,7 +233,7 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
         if faults.get("delay_s"):
             await anyio.sleep(float(faults["delay_s"]))
         rate = float(faults.get("error_rate") or 0.0)
-        if rate and int(s._served * rate) != int((s._served - 1) * rate):
+        if rate and takes_turn(s._served, rate):
             raise InjectedFault(f"injected failure on slot {s.name} (error_rate {rate})")
         if faults.get("corrupt"):
             out.text = "".join(reversed(out.text)) + " ???"
@@ -304,13 +304,7 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
         ref = body.get("version")
         if not isinstance(ref, str) or not ref:
             raise UserError("version", "must name a registry version, alias, or 'base'", 'send {"version": "v3"}')
-        router.begin_load(slot)
-        try:
-            engine = await anyio.to_thread.run_sync(lambda: loader(ref))
-        except BaseException as e:
-            router.finish_load(slot, None, f"{type(e).__name__}: {e}")
-            raise
-        router.finish_load(slot, engine)
+        await anyio.to_thread.run_sync(lambda: router.load(slot, lambda: loader(ref)))  # drains: off the loop
         return router.status()
 
     @app.post("/admin/slots/{slot}/unload")

@@ -38,8 +38,7 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, registry_url: str | No
     router = Router()
     ref = initial_version(registry, version)
     log(f"loading {ref} into the blue slot")
-    router.begin_load("blue")
-    router.finish_load("blue", loader(ref))
+    router.load("blue", lambda: loader(ref))
     token = admin_token if admin_token is not None else os.environ.get("TUNELOOP_ADMIN_TOKEN") or None
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
         log("warning: admin routes are open (no TUNELOOP_ADMIN_TOKEN) on a non-loopback address")

@@ -15,6 +15,7 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable
 
 from tuneloop.errors import UserError
 from tuneloop.serving.engine import Engine
@@ -27,6 +28,12 @@ def _check_slot(slot: str) -> str:
     if slot not in SLOTS:
         raise UserError(slot, f"a slot is one of {', '.join(SLOTS)}", "name the blue or the green slot")
     return slot
+
+
+def takes_turn(k: int, fraction: float) -> bool:
+    """Whether the k-th event (1-based) is one of a `fraction` of them, spread evenly and deterministically:
+    true whenever floor(k * fraction) advances."""
+    return int(k * fraction) != int((k - 1) * fraction)
 
 
 def other(slot: str) -> str:
@@ -119,6 +126,18 @@ class Router:
             s.state, s.error = "loading", None
         self._drain(slot)
 
+    def load(self, slot: str, make: Callable[[], Engine]) -> Engine:
+        """Load `make()` into a slot (waiting for its requests in flight first); blocking, so call it off the
+        event loop. A failed load leaves the slot empty with the error shown in its status."""
+        self.begin_load(slot)
+        try:
+            engine = make()
+        except BaseException as e:
+            self.finish_load(slot, None, f"{type(e).__name__}: {e}")
+            raise
+        self.finish_load(slot, engine)
+        return engine
+
     def finish_load(self, slot: str, engine: Engine | None, error: str | None = None) -> None:
         with self._lock:
             s = self.slots[slot]
@@ -205,9 +224,7 @@ class Router:
                 if self.canary is not None:
                     slot, w = self.canary
                     self._count += 1
-                    # deterministic spread: request k goes to the canary when floor(k*w) advances
-                    k = self._count + self._canary_seed
-                    if int(k * w) != int((k - 1) * w):
+                    if takes_turn(self._count + self._canary_seed, w):
                         return slot
                 return self.live
             for n, s in self.slots.items():
