@@ -31,6 +31,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuneloop.errors import TuneloopError, UserError
+from tuneloop.netutil import retry_delay
 
 __all__ = [
     "DEFAULT_RUBRICS", "GROUNDEDNESS", "HELPFULNESS", "PEDAGOGY", "SAFETY",
@@ -167,13 +168,7 @@ class JudgeClient:
         return f"JudgeClient({self.base_url!r}, model={self.model!r})"
 
     def _wait(self, attempt: int, response: httpx.Response | None) -> float:
-        delay = self.backoff * (2 ** attempt)
-        if response is not None:
-            try:
-                delay = float(response.headers.get("retry-after", "x"))
-            except ValueError:
-                pass
-        return max(0.0, min(delay, 8.0))
+        return retry_delay(attempt, self.backoff, 8.0, response)
 
     def _fatal(self, r: httpx.Response) -> UserError:
         body = _excerpt(r.text, 200)

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from tuneloop.errors import TransientError, TuneloopError, UserError
+from tuneloop.netutil import retry_delay
 
 _RETRY_STATUS = {408, 429}
 _NETWORK = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
@@ -82,13 +83,7 @@ class ServiceClient:
         return f"ServiceClient({self.service!r}, {self.base_url!r})"
 
     def _wait(self, attempt: int, r: httpx.Response | None) -> float:
-        delay = self.backoff * (2 ** attempt)
-        if r is not None:
-            try:
-                delay = float(r.headers.get("retry-after", "x"))
-            except ValueError:
-                pass
-        return max(0.0, min(delay, self.max_backoff))
+        return retry_delay(attempt, self.backoff, self.max_backoff, r)
 
     def request(self, method: str, path: str, *, json_body: dict | None = None, params: dict | None = None,
                 files: dict | None = None, data: dict | None = None, expect: tuple[int, ...] = (),
