@@ -8,7 +8,8 @@ import time
 from prefect import task
 
 from tasks import TASK_DEFAULTS
-from tuneloop.serving.promote import Check, ServingAdmin, analyze, probe
+from tuneloop.serving import promote
+from tuneloop.serving.promote import Check, ServingAdmin
 from tuneloop.specs import PromoteSpec
 
 
@@ -24,11 +25,7 @@ def load_candidate(spec: PromoteSpec, slot: str, version: str) -> dict:
 @task(name="check-slot", **TASK_DEFAULTS)
 def check_slot(spec: PromoteSpec, slot: str, items: list, since: float, at: str, min_requests: int = 0) -> Check:
     """Probe the slot with smoke items, then judge it on the server's stats since `since` (probes included)."""
-    admin = admin_for(spec)
-    probed = probe(admin, slot, items, spec.max_tokens)
-    return analyze(admin.stats(slot, since), probed, min_accuracy=spec.min_accuracy,
-                   max_p95_s=spec.max_p95_seconds, max_error_rate=spec.max_error_rate,
-                   min_requests=min_requests, at=at)
+    return promote.check_slot(admin_for(spec), slot, items, since, spec, at, min_requests)
 
 
 @task(name="set-canary", **TASK_DEFAULTS)

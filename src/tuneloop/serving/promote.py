@@ -175,6 +175,16 @@ def analyze(stats: dict, probed: dict | None, *, min_accuracy: float, max_p95_s:
     return Check(not reasons, reasons, acc, n, err, p95, at)
 
 
+def check_slot(admin: ServingAdmin, slot: str, items: list[SmokeItem], since: float, spec, at: str,
+               min_requests: int = 0) -> Check:
+    """Probe the slot with smoke items, then judge it on the server's stats since `since` (probes included);
+    thresholds from a PromoteSpec."""
+    probed = probe(admin, slot, items, spec.max_tokens)
+    return analyze(admin.stats(slot, since), probed, min_accuracy=spec.min_accuracy,
+                   max_p95_s=spec.max_p95_seconds, max_error_rate=spec.max_error_rate,
+                   min_requests=min_requests, at=at)
+
+
 def idle_slot(status: dict) -> str:
     from tuneloop.serving.slots import other
 
