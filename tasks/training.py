@@ -1,4 +1,4 @@
-"""Adapter training."""
+"""Adapter training, on this worker or on a remote trainer (an AutoTrain-style service)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,33 @@ import hashlib
 import json
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from tasks import TASK_DEFAULTS
 from tuneloop import observability as metrics
 from tuneloop.data import PreparedDataset
+from tuneloop.errors import UserError
 from tuneloop.settings import get_settings
 from tuneloop.specs import RetrainSpec
 from tuneloop.training import TrainResult, train_lora
+from tuneloop.training.checkpoint import checkpoint_rows
+from tuneloop.training.jobs import CHECKPOINTS_ARTIFACT
+from tuneloop.training.trainers import make_trainer
 
 
 def run_id(spec: RetrainSpec, base_path: str, dataset_version: str) -> str:
-    """Same data, base and training spec → same run folder, so a retried flow resumes its checkpoints."""
-    key = json.dumps([spec.training.model_dump(mode="json"), base_path, dataset_version], sort_keys=True)
+    """Same data, base and training spec → same run folder, so a retried flow resumes its checkpoints
+    (or, remotely, follows the job its first attempt started)."""
+    parts = [spec.training.model_dump(mode="json"), base_path, dataset_version]
+    if spec.trainer.kind != "local":
+        parts.append([spec.trainer.kind, spec.trainer.base_url])
+    key = json.dumps(parts, sort_keys=True)
     return "run-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _publish_checkpoints(rows: list[dict], run_name: str) -> None:
+    if rows:
+        create_table_artifact(rows, key=CHECKPOINTS_ARTIFACT, description=f"checkpoints of {run_name}, newest last")
 
 
 @task(name="train-adapter", **TASK_DEFAULTS)
@@ -27,22 +40,43 @@ def train_adapter(spec: RetrainSpec, base_path: str, dataset: PreparedDataset, s
     """Train or resume; `should_stop` (a RunGuard) may end the run early with a reason, checkpoint kept."""
     run_dir = get_settings().runs_dir / run_id(spec, base_path, dataset.version)
     logger = get_run_logger()
-    logger.info(f"TensorBoard logs: tensorboard --logdir {run_dir / 'tb'}")
+    remote = spec.trainer.kind != "local"
+    if not remote:
+        logger.info(f"TensorBoard logs: tensorboard --logdir {run_dir / 'tb'}")
     metrics.record_training_started(spec.tenant)
     progress_id = create_progress_artifact(0.0, description=f"training {run_dir.name}")
     shown = [0.0]
+    published: list[list[dict]] = [[]]
 
     def watch(step: int, total: int, elapsed: float) -> str | None:
-        """Move the Prefect progress artifact (every 5%), then ask the guard whether to go on."""
+        """Move the Prefect progress artifact (every 5%), publish new checkpoints, then ask the guard."""
         done = 100.0 * step / max(total, 1)
         if done - shown[0] >= 5 or step == total:
             update_progress_artifact(progress_id, done)
             shown[0] = done
+        if not remote:
+            rows = checkpoint_rows(run_dir)
+            if rows != published[0]:
+                _publish_checkpoints(rows, run_dir.name)
+                published[0] = rows
         return should_stop(step, total, elapsed) if should_stop else None
 
     try:
-        result = train_lora(spec.training, base_path, dataset.train, dataset.validation, run_dir,
-                            resume=True, log=logger.info, should_stop=watch)
+        if remote:
+            t = spec.trainer
+            trainer = make_trainer(t.kind, base_url=t.base_url, token_env=t.token_env,
+                                   poll_interval=t.poll_interval, cancel_timeout_s=t.cancel_timeout_s)
+            logger.info(f"training on {t.kind} at {t.base_url}")
+            result = trainer.train(spec.training, spec.base_model, dataset.train, dataset.validation, run_dir,
+                                   log=logger.info, should_stop=watch)
+            if result.adapter_dir is None and not result.stopped_reason:
+                raise UserError(t.base_url, f"the {t.kind} service kept the trained model "
+                                f"({result.remote_model}) and sent no adapter back; retrain evaluates, registers "
+                                "and serves adapters it can load", "configure the service to return the adapter "
+                                "(GET /train/{id}/adapter), or train locally (trainer.kind: local)")
+        else:
+            result = train_lora(spec.training, base_path, dataset.train, dataset.validation, run_dir,
+                                resume=True, log=logger.info, should_stop=watch)
     except Exception:
         metrics.record_training_finished(spec.tenant, "failed", 0.0)
         raise
@@ -50,5 +84,15 @@ def train_adapter(spec: RetrainSpec, base_path: str, dataset: PreparedDataset, s
                                      result.seconds)
     if not result.stopped_reason:
         update_progress_artifact(progress_id, 100.0)
+    if not remote:
+        rows = checkpoint_rows(run_dir)
+    else:  # the service's checkpoints, or the adapter it sent back
+        rows = [{"step": c.get("step"), "train_loss": (c.get("metrics") or {}).get("train_loss"),
+                 "best_val_loss": None, "path": c.get("path") or c.get("model")} for c in result.checkpoints]
+        if not rows and result.adapter_dir is not None:
+            rows = [{"step": result.steps, "train_loss": result.final_loss, "best_val_loss": result.best_val_loss,
+                     "path": str(result.adapter_dir)}]
+    if rows != published[0]:
+        _publish_checkpoints(rows, run_dir.name)
     metrics.record_loss(run_dir.name, result.final_loss, result.tokens_per_s)
     return result

@@ -85,6 +85,32 @@ def _run_json(fr) -> dict:
             "end_time": fr.end_time, "parameters": fr.parameters, "tags": fr.tags}
 
 
+def _job_detail(client, fr) -> dict:
+    """`_run_json` plus what the run's tasks and artifacts tell: `validating_files` while only the data checks
+    have run, and the training checkpoints (step, losses, folder) the train task has published."""
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey,
+                                                 FlowRunFilter, FlowRunFilterId)
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from tuneloop.training.jobs import CHECKPOINTS_ARTIFACT, phase_from_tasks
+
+    job = _run_json(fr)
+    tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id])))
+    status, note = phase_from_tasks(job["status"], [t.name for t in tasks if t.start_time is not None])
+    if status != job["status"]:
+        job["status"], job["note"] = status, note
+    found = client.read_artifacts(
+        artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[CHECKPOINTS_ARTIFACT]),
+                                       flow_run_id=ArtifactFilterFlowRunId(any_=[fr.id])),
+        sort=ArtifactSort.CREATED_DESC, limit=1)
+    rows = []
+    if found:
+        data = found[0].data
+        rows = json.loads(data) if isinstance(data, str) else (data or [])
+    job["checkpoints"] = rows
+    return job
+
+
 def _params(pairs: list[str]) -> dict:
     out = {}
     for p in pairs or []:
@@ -133,7 +159,7 @@ def cmd_jobs(args) -> int:
             return 0
         rid = run_id(args.id)
         if args.jobs_cmd == "get":
-            return _show(_run_json(client.read_flow_run(rid)))
+            return _show(_job_detail(client, client.read_flow_run(rid)))
         if args.jobs_cmd == "cancel":
             fr = client.read_flow_run(rid)
             if fr.state and fr.state.is_final():

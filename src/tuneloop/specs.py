@@ -136,6 +136,35 @@ class RetrainSpec(_Spec):
 
     data: Path = Field(description="feedback file: OpenAI chat JSONL or prompt/completion JSONL")
     eval_data: Path | None = Field(None, description="fixed held-out set; default: the data's test split")
+class TrainerSpec(_Spec):
+    """Where training runs: this worker (`local`) or an AutoTrain-style service that sends the adapter back.
+
+    Secrets never sit in a spec: `token_env` names the environment variable holding the service's token.
+    OpenAI's fine-tuning API is a trainer too (`tuneloop.training.make_trainer("openai")`), but it keeps the
+    model on the service, and `retrain` gates, registers and serves adapters it can load, so it is not
+    selectable here.
+    """
+
+    kind: Literal["local", "autotrain", "openai"] = "local"
+    base_url: str | None = Field(None, description="autotrain: the service's root, e.g. http://autotrain.internal:7860")
+    token_env: str = Field("HF_TOKEN", description="autotrain: environment variable with the bearer token (optional)")
+    poll_interval: float = Field(10.0, gt=0, description="seconds between status polls of a remote job")
+    cancel_timeout_s: float = Field(120.0, gt=0, description="how long a cancelled remote job may take to stop")
+
+    @model_validator(mode="after")
+    def _usable(self):
+        if self.kind == "openai":
+            raise ValueError("trainer kind 'openai' keeps the fine-tuned model on OpenAI's service, so retrain "
+                             "cannot evaluate, register or serve it; use kind 'local' or 'autotrain' (an adapter "
+                             "comes back), or call tuneloop.training.make_trainer('openai') directly")
+        if self.kind == "autotrain" and not self.base_url:
+            raise ValueError("trainer kind 'autotrain' needs base_url, the service's root "
+                             "(e.g. http://autotrain.internal:7860)")
+        if self.kind == "local" and self.base_url:
+            raise ValueError("base_url is set but trainer kind is 'local'; set kind: autotrain to train remotely")
+        return self
+
+
     base_model: str = Field(TINY_BASE, description="Hugging Face id or local path; the default is built locally")
     tenant: str = "default"
     dataset: DataSpec = DataSpec()
@@ -145,6 +174,7 @@ class RetrainSpec(_Spec):
     benchmarks: BenchmarkSpec = BenchmarkSpec()
     judge: JudgeSpec | None = None
     guards: GuardSpec = GuardSpec()
+    trainer: TrainerSpec = TrainerSpec()
     hardware: str = Field("cpu", description="a row of tuneloop.presets.HARDWARE: prices and throughput for estimates")
     gpu_deployment: str | None = Field(None, description="deployment (flow/name) a run whose hardware has a GPU "
                                        "is handed to when it starts on a worker without one; None: train here")

@@ -460,3 +460,14 @@ def test_every_real_prefect_state_maps():
         assert note_from_prefect(state.type, state.name)
     with pytest.raises(ValueError, match="unknown Prefect state type"):
         status_from_prefect("EXPLODED", "Exploded")
+
+
+def test_a_running_retrain_reads_validating_files_until_training_starts():
+    from tuneloop.training.jobs import phase_from_tasks
+
+    assert phase_from_tasks("running", ["prepare-base-model-a1b", "validate-dataset-c2d"])[0] == "validating_files"
+    assert phase_from_tasks("running", ["validate-dataset-c2d", "estimate-job-x"])[1].startswith("checking the data")
+    assert phase_from_tasks("running", ["validate-dataset-c2d", "train-adapter-e3f"]) == ("running", None)
+    assert phase_from_tasks("running", []) == ("running", None)  # a flow that has started no task yet
+    assert phase_from_tasks("queued", ["validate-dataset-c2d"]) == ("queued", None)  # paused for approval
+    assert phase_from_tasks("running", ["validate-datasets-x"]) == ("running", None)  # names match exactly

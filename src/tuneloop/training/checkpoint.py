@@ -56,3 +56,17 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((path / "state.json").read_text())
+
+
+def checkpoint_rows(root: Path) -> list[dict]:
+    """The run's resumable checkpoints as job checkpoints (oldest first), for `tuneloop jobs get`:
+    step, train loss and best validation loss at that step, and the folder."""
+    rows = []
+    for path in list_checkpoints(root):
+        try:
+            state = json.loads((path / "state.json").read_text())
+        except (OSError, ValueError):
+            continue  # pruned between listing and reading
+        rows.append({"step": int(state.get("global_step", 0)), "train_loss": state.get("last_loss"),
+                     "best_val_loss": state.get("best_val"), "path": str(path)})
+    return rows

@@ -171,6 +171,9 @@ class Job:
 
 # -- Prefect flow-run states in the same vocabulary ----------------------------------------------
 
+CHECKPOINTS_ARTIFACT = "training-checkpoints"  # the table artifact the train-adapter task keeps up to date
+VALIDATION_TASKS = frozenset({"prepare-base-model", "validate-dataset", "estimate-job"})
+
 _PREFECT_TYPES = {"SCHEDULED": "queued", "PENDING": "queued", "RUNNING": "running", "COMPLETED": "succeeded",
                   "FAILED": "failed", "CRASHED": "failed", "CANCELLED": "cancelled", "CANCELLING": "cancelled",
                   "PAUSED": "queued"}
@@ -207,3 +210,17 @@ def note_from_prefect(state_type: str, state_name: str | None = None) -> str | N
     key = _prefect_type(state_type)
     name = (state_name or "").replace(" ", "").lower()
     return _PREFECT_NOTES.get(name) or _PREFECT_NOTES.get(key.lower())
+
+
+def phase_from_tasks(status: str, started_tasks: list[str]) -> tuple[str, str | None]:
+    """Refine a running flow run's status from the task runs it has started (names, as Prefect shows them:
+    "validate-dataset-0a1b", ...): while only the data checks and the estimate have run, the job is
+    `validating_files`, as OpenAI's is while it checks the uploaded files."""
+    if status != "running" or not started_tasks:
+        return status, None
+    def checking(name: str) -> bool:
+        return any(name == t or name.startswith(t + "-") for t in VALIDATION_TASKS)
+
+    if all(checking(n) for n in started_tasks):
+        return "validating_files", "checking the data and estimating the job; training has not started"
+    return status, None
