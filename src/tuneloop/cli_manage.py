@@ -12,6 +12,7 @@ import json
 import os
 
 from tuneloop.errors import UserError
+from tuneloop.serving.capacity import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_QUEUE
 
 DEFAULT_SERVER = os.environ.get("TUNELOOP_SERVER", "http://127.0.0.1:8000")
 DEFAULT_DEPLOYMENT = "retrain/retrain"
@@ -33,7 +34,8 @@ def cmd_serve(args) -> int:
     from tuneloop.serving.server import run_server
 
     run_server(args.host, args.port, args.registry, args.base, args.version, args.name,
-               drain_timeout=args.drain_timeout, allow_faults=args.allow_faults)
+               drain_timeout=args.drain_timeout, allow_faults=args.allow_faults, keys_file=args.keys,
+               max_concurrency=args.max_concurrency, max_queue=args.max_queue)
     return 0
 
 
@@ -191,6 +193,13 @@ def add_parsers(sub) -> None:
     s.add_argument("--name", default="tuneloop", help="the served model name (default tuneloop)")
     s.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish requests on shutdown")
     s.add_argument("--allow-faults", action="store_true", help="enable fault injection (testing only)")
+    s.add_argument("--keys", help="API keys file (sha256 of each key, its tenant and role): every route but "
+                                  "/health then needs a key (default: $TUNELOOP_SERVE_KEYS; see docs/serving.md)")
+    s.add_argument("--max-concurrency", type=int, default=DEFAULT_MAX_CONCURRENCY,
+                   help=f"generations running at once (default {DEFAULT_MAX_CONCURRENCY})")
+    s.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
+                   help=f"requests waiting for a generation slot; beyond, 429 with Retry-After "
+                        f"(default {DEFAULT_MAX_QUEUE})")
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("deploy", help="what a server serves: status, load, switch, rollback, promote")

@@ -51,9 +51,9 @@ def test_chat_completions_models_health_metrics(make_server, demo_files):
 
 def test_bad_requests_get_clear_openai_errors(make_server):
     c = _client(make_server("v1"))
-    with pytest.raises(openai.BadRequestError) as e:
+    with pytest.raises(openai.NotFoundError) as e:  # OpenAI's 404 model_not_found
         c.chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "hi"}])
-    assert "gpt-nope" in str(e.value) and "/v1/models" in str(e.value)
+    assert "gpt-nope" in str(e.value) and "/v1/models" in str(e.value) and e.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as e:
         c.chat.completions.create(model="tuneloop", messages=[{"role": "user", "content": "hi"}], max_tokens=0)
     assert "max_tokens" in str(e.value)

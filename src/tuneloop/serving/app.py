@@ -11,11 +11,19 @@ Public routes (the `openai` SDK talks to them unchanged, `base_url=http://host:p
 
 `model` is the served name (default "tuneloop": live slot, or the canary's
 share of it), "tuneloop@blue" / "tuneloop@green" to pin a slot, or a loaded
-version id ("v3"). Every answer carries `x-tuneloop-slot` and
-`x-tuneloop-version` headers.
+version id ("v3"); anything else is a 404 model_not_found. Every answer
+carries `x-tuneloop-slot` and `x-tuneloop-version` headers. Bodies are
+checked field by field (bodies.py) before any model work; then at most
+`max_concurrency` generations run and `max_queue` wait, and beyond that the
+answer is 429 with Retry-After (capacity.py).
 
-Admin routes (deploy management; when an admin token is set they need
-`Authorization: Bearer <token>`)::
+With a keys file (keys.py) every route but /health needs `Authorization:
+Bearer <key>`; each tenant has its own slots, served name and metrics, and a
+key reaches only its tenant's (a `user` key the /v1 routes, an `admin` key
+also the admin routes and /metrics).
+
+Admin routes (deploy management; without keys, when an admin token is set
+they need `Authorization: Bearer <token>`)::
 
     GET  /admin/status                      slots, live, canary, recent events
     GET  /admin/slots/{slot}/stats?since=T  requests, error rate, p50/p95 latency since T (unix s)
@@ -28,26 +36,36 @@ Admin routes (deploy management; when an admin token is set they need
                                             {"error_rate": 0.5, "delay_s": 0.2, "corrupt": true}; {} clears
                                             (a loaded version starts with none)
 
-Errors use OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
+Errors use OpenAI's shape: {"error": {"message", "type", "param", "code"}}; `param` names the field.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 import time
 import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneloop.errors import ConflictError, TuneloopError, UserError
+from tuneloop.serving import bodies
+from tuneloop.serving.bodies import BadField, BodyTooLarge
+from tuneloop.serving.capacity import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_QUEUE, Admission, Overloaded
 from tuneloop.serving.engine import Engine
-from tuneloop.serving.slots import SLOTS, Router, takes_turn
+from tuneloop.serving.keys import KeyRing
+from tuneloop.serving.slots import SLOTS, Router, UnknownModel, takes_turn
 
-MAX_BODY_TOKENS = 4096
+DEFAULT_TENANT = "default"  # the tenant of a registry version whose manifest names none
+_VERSION_REF = re.compile(r"v[1-9]\d{0,8}")
 
 
 class Loader:
@@ -56,6 +74,13 @@ class Loader:
     def __init__(self, registry=None, base_model: str | None = None):
         self.registry = registry
         self.base_model = base_model
+
+    def owner(self, ref: str) -> tuple[str, str]:
+        """(version id, tenant) of a registry ref: the manifest's `tenant`, else "default"."""
+        if self.registry is None:
+            raise UserError(ref, "loading a version needs a registry", "start the server with --registry")
+        v = self.registry.get(ref)
+        return v.id, v.manifest.get("tenant") or DEFAULT_TENANT
 
     def __call__(self, ref: str) -> Engine:
         from tuneloop.basemodel import resolve_base_model
@@ -75,143 +100,200 @@ class Loader:
         return Engine.load(v.id, resolve_base_model(base, models, log=lambda m: None), adapter, base)
 
 
-def _error(status: int, message: str, etype: str = "invalid_request_error", param: str | None = None,
-           code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": etype, "param": param, "code": code}},
-                        status_code=status)
+class Denied(Exception):
+    """401 (no or unknown key, wrong admin token) or 403 (a key without the role, or another tenant's data)."""
 
-
-def _num(body: dict, key: str, default, lo, hi, kind=float):
-    v = body.get(key, default)
-    if v is None:
-        v = default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
-        raise UserError(f"{key}={v!r}", f"{key} must be a number between {lo} and {hi}", f"send a valid {key}")
-    v = kind(v)
-    if not lo <= v <= hi:
-        raise UserError(f"{key}={v!r}", f"{key} must be between {lo} and {hi}", f"send a {key} in range")
-    return v
-
-
-def _stops(body: dict) -> list[str]:
-    s = body.get("stop")
-    if s is None:
-        return []
-    if isinstance(s, str):
-        return [s]
-    if isinstance(s, list) and all(isinstance(x, str) for x in s) and len(s) <= 4:
-        return s
-    raise UserError(f"stop={s!r}", "stop is a string or a list of at most 4 strings", "fix the stop field")
-
-
-def _messages(body: dict) -> list[dict]:
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise UserError("messages", "must be a non-empty list of {role, content} objects", "send messages")
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer"):
-            raise UserError(f"messages[{i}]", "each message needs a role of system, user, assistant or developer",
-                            "fix the message's role")
-        content = m.get("content")
-        if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-        if not isinstance(content, str):
-            raise UserError(f"messages[{i}].content", "must be a string (or text content parts)", "send text")
-        out.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content})
-    return out
+    def __init__(self, status: int, message: str):
+        self.status, self.message = status, message
+        super().__init__(message)
 
 
 class InjectedFault(TuneloopError):
     """A failure injected on purpose (chaos testing)."""
 
 
-def create_app(router: Router | None = None, loader: Loader | None = None, served_name: str = "tuneloop",
-               admin_token: str | None = None, registry=None, allow_faults: bool = False) -> FastAPI:
-    router = router or Router()
-    loader = loader or Loader(registry)
-    app = FastAPI(title="tuneloop serving", version="1", docs_url=None, redoc_url=None)
-    app.state.router = router
-    metrics = CollectorRegistry()
-    requests_total = Counter("tuneloop_serving_requests_total", "Requests answered, by slot, version and outcome",
-                             ["slot", "version", "outcome"], registry=metrics)
-    latency = Histogram("tuneloop_serving_request_seconds", "Time to answer a request", ["slot"],
-                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=metrics)
-    in_flight = Gauge("tuneloop_serving_in_flight", "Requests being answered", ["slot"], registry=metrics)
-    live_info = Gauge("tuneloop_serving_live", "1 for the live slot's version", ["slot", "version"],
-                      registry=metrics)
-    weight_g = Gauge("tuneloop_serving_canary_weight", "Fraction of routed traffic sent to the canary slot",
-                     registry=metrics)
+class Metrics:
+    """One tenant's Prometheus series (each tenant's key scrapes only its own)."""
 
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("tuneloop_serving_requests_total", "Requests answered, by slot, version and outcome",
+                                ["slot", "version", "outcome"], registry=r)
+        self.latency = Histogram("tuneloop_serving_request_seconds", "Time to answer a request", ["slot"],
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10), registry=r)
+        self.in_flight = Gauge("tuneloop_serving_in_flight", "Requests being answered", ["slot"], registry=r)
+        self.live = Gauge("tuneloop_serving_live", "1 for the live slot's version", ["slot", "version"], registry=r)
+        self.weight = Gauge("tuneloop_serving_canary_weight", "Fraction of routed traffic sent to the canary slot",
+                            registry=r)
+        self.refused = Counter("tuneloop_serving_refused_total", "Requests refused with 429: server at capacity",
+                               registry=r)
+
+
+@dataclass
+class Tenant:
+    name: str | None  # None: the single tenant of a server without keys
+    router: Router
+    served_name: str
+    metrics: Metrics
+
+
+def _clean(message: str, limit: int = 2000) -> str:
+    """A message safe to send as JSON text: no lone surrogates (they cannot be encoded), bounded length."""
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def _error(status: int, message: str, etype: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": _clean(message), "type": etype,
+                                   "param": None if param is None else _clean(param), "code": code}},
+                        status_code=status, headers=headers)
+
+
+@contextmanager
+def _field(param: str):
+    """Name the request field a UserError raised in the block is about, unless it names one already."""
+    try:
+        yield
+    except UserError as e:
+        if getattr(e, "param", None) is None:
+            e.param = param
+            if param not in str(e):
+                e.args = (f"{param}: {e}",)
+        raise
+
+
+def create_app(router: Router | None = None, loader: Loader | None = None, served_name: str = "tuneloop",
+               admin_token: str | None = None, registry=None, allow_faults: bool = False, *,
+               keys: KeyRing | None = None, routers: dict[str, Router] | None = None,
+               max_concurrency: int = DEFAULT_MAX_CONCURRENCY, max_queue: int = DEFAULT_MAX_QUEUE) -> FastAPI:
+    """Without `keys`: one tenant (`router`), the /v1 routes open, the admin routes behind `admin_token` when set.
+    With `keys`: every route but /health needs a key; each tenant has its own Router (`routers`, else empty
+    ones) and served name (the keys file's `served_name`, else `served_name`)."""
+    loader = loader or Loader(registry)
+    admission = Admission(max_concurrency, max_queue)
+    if keys is None:
+        tenants: dict[str | None, Tenant] = {None: Tenant(None, router or Router(), served_name, Metrics())}
+    else:
+        routers = routers or {}
+        tenants = {t: Tenant(t, routers.get(t) or Router(), getattr(keys.config.get(t), "served_name", None)
+                             or served_name, Metrics()) for t in keys.tenants}
+    app = FastAPI(title="tuneloop serving", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.router = tenants[None].router if keys is None else None
+    app.state.tenants, app.state.admission = tenants, admission
+    shared = CollectorRegistry()  # process-wide capacity figures, appended to every tenant's scrape
+    running_g = Gauge("tuneloop_serving_generations_running", "Generations running (all tenants)", registry=shared)
+    waiting_g = Gauge("tuneloop_serving_generations_waiting", "Generations queued for a slot (all tenants)",
+                      registry=shared)
+    Gauge("tuneloop_serving_max_concurrency", "--max-concurrency", registry=shared).set(max_concurrency)
+    Gauge("tuneloop_serving_max_queue", "--max-queue", registry=shared).set(max_queue)
+
+    # -- errors: every answer but a success is OpenAI's {"error": {...}} --------------------------------
     @app.exception_handler(UserError)
     async def _user_error(_req, exc: UserError):
-        return _error(400, str(exc))
+        if isinstance(exc, UnknownModel):
+            return _error(404, str(exc), param="model", code="model_not_found")
+        if isinstance(exc, BodyTooLarge):
+            return _error(413, str(exc))
+        return _error(400, str(exc), param=getattr(exc, "param", None))
+
+    @app.exception_handler(Denied)
+    async def _denied(_req, exc: Denied):
+        return _error(exc.status, exc.message, "authentication_error" if exc.status == 401 else "permission_error",
+                      code="invalid_api_key" if exc.status == 401 else None,
+                      headers={"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(_req, exc: Overloaded):
+        return _error(429, f"the server is at capacity: {exc.running} generations running and {exc.waiting} "
+                      f"waiting (max_concurrency {admission.max_concurrency}, max_queue {admission.max_queue}). "
+                      f"Fix: retry after {exc.retry_after_s} s, or raise the server's --max-concurrency/--max-queue",
+                      "rate_limit_error", code="server_at_capacity", headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(TuneloopError)
     async def _tl_error(_req, exc: TuneloopError):
         return _error(409 if isinstance(exc, ConflictError) else 500, str(exc), "server_error")
 
-    def _admin(request: Request) -> JSONResponse | None:
-        if admin_token is None:
-            return None
-        got = request.headers.get("authorization", "")
-        if not hmac.compare_digest(got.encode(), f"Bearer {admin_token}".encode()):
-            return _error(401, "admin routes need 'Authorization: Bearer <token>' with the server's admin token",
-                          "authentication_error")
-        return None
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(x) for x in first.get("loc", ())[1:]) or None
+        return _error(400, f"{param}={bodies.short(first.get('input'))}: {first.get('msg', 'invalid')}. "
+                      f"Fix: send a valid {param}", param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(req: Request, exc: StarletteHTTPException):
+        return _error(exc.status_code, f"{req.method} {req.url.path}: {exc.detail}. Fix: use one of the routes "
+                      "in docs/serving.md",
+                      "not_found_error" if exc.status_code == 404 else "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def _bug(_req, exc: Exception):  # a bug: the server logs the traceback; the answer names only the type
+        return _error(500, f"internal error ({type(exc).__name__}); the server log has the details", "server_error")
+
+    # -- who is calling ------------------------------------------------------------------------------------
+    def _caller(request: Request, role: str) -> Tenant:
+        """The caller's tenant, if its key (or the admin token) allows `role` ("user" or "admin")."""
+        if keys is None:
+            if role == "admin" and admin_token is not None and not _token_ok(request, admin_token):
+                raise Denied(401, "admin routes need the server's admin token. Fix: send 'Authorization: Bearer "
+                             "<token>' with the server's TUNELOOP_ADMIN_TOKEN")
+            return tenants[None]
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        presented = presented.strip()
+        if scheme.lower() != "bearer" or not presented:
+            raise Denied(401, "this server needs an API key. Fix: send 'Authorization: Bearer <key>'")
+        key = keys.find(presented)
+        if key is None:
+            raise Denied(401, "the API key is not valid on this server. Fix: use a key from the server's keys file")
+        if not key.can(role):
+            raise Denied(403, f"key {key.name!r} (tenant {key.tenant}) has role {key.role}; {request.url.path} "
+                         "needs an admin key. Fix: use an admin key of this tenant")
+        return tenants[key.tenant]
 
     async def _json(request: Request) -> dict:
-        try:
-            body = await request.json()
-        except Exception:
-            raise UserError("request body", "must be a JSON object", "send Content-Type: application/json")
-        if not isinstance(body, dict):
-            raise UserError("request body", "must be a JSON object", "send a JSON object")
-        return body
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > bodies.MAX_BODY_BYTES:
+                raise BodyTooLarge(bodies.MAX_BODY_BYTES)
+            chunks.append(chunk)
+        return bodies.parse_json(b"".join(chunks))
 
+    # -- inference -----------------------------------------------------------------------------------------
     async def _answer(request: Request, kind: str):
+        t = _caller(request, "user")
+        router, m = t.router, t.metrics
         body = await _json(request)
-        if body.get("stream"):
-            raise UserError("stream=true", "streaming is not supported by this server yet", "send stream=false")
-        if _num(body, "n", 1, 1, 1, int) != 1:
-            raise UserError("n", "only n=1 is supported", "send n=1")
-        default_max = 64 if kind == "chat" else 16
-        max_tokens = _num(body, "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens",
-                          default_max, 1, MAX_BODY_TOKENS, int)
-        args = dict(max_tokens=max_tokens, temperature=_num(body, "temperature", 0.0, 0.0, 2.0),
-                    top_p=_num(body, "top_p", 1.0, 0.0, 1.0), stop=_stops(body),
-                    seed=None if body.get("seed") is None else _num(body, "seed", 0, -2**63, 2**63 - 1, int))
-        if kind == "chat":
-            payload = _messages(body)
-        else:
-            payload = body.get("prompt")
-            if isinstance(payload, list) and len(payload) == 1 and isinstance(payload[0], str):
-                payload = payload[0]
-            if not isinstance(payload, str):
-                raise UserError("prompt", "must be a string", "send one prompt string per request")
-        model = body.get("model") or served_name
-        if not isinstance(model, str):
-            raise UserError("model", "must be a string", f"send model={served_name!r}")
-        slot = router.route(model, served_name)
+        args = bodies.generation(body, kind)
+        payload = bodies.messages(body) if kind == "chat" else bodies.prompt(body)
+        model = bodies.model(body, t.served_name)
+        router.check(model, t.served_name)  # an unknown model is told at once, not after the queue
         t0 = time.perf_counter()
-        outcome = "error"
-        version = "?"
+        outcome, version, slot = "error", "?", None
         try:
-            with router.serving(slot) as engine:
-                version = engine.version
-                in_flight.labels(slot).inc()
-                try:
-                    fn = engine.chat if kind == "chat" else engine.complete
-                    out = await anyio.to_thread.run_sync(lambda: fn(payload, **args))
-                    faults = router.slots[slot].faults
-                    if faults:
-                        await _inject(router.slots[slot], faults, out)
-                finally:
-                    in_flight.labels(slot).dec()
+            async with admission.slot():
+                slot = router.route(model, t.served_name)
+                with router.serving(slot) as engine:
+                    version = engine.version
+                    m.in_flight.labels(slot).inc()
+                    try:
+                        fn = engine.chat if kind == "chat" else engine.complete
+                        with _field("messages" if kind == "chat" else "prompt"):  # e.g. longer than the context
+                            out = await anyio.to_thread.run_sync(lambda: fn(payload, **args))
+                        faults = router.slots[slot].faults
+                        if faults:
+                            await _inject(router.slots[slot], faults, out)
+                    finally:
+                        m.in_flight.labels(slot).dec()
             outcome = "ok"
+        except Overloaded:
+            m.refused.inc()
+            raise
         finally:
-            requests_total.labels(slot, version, outcome).inc()
-            latency.labels(slot).observe(time.perf_counter() - t0)
+            if slot is not None:
+                m.requests.labels(slot, version, outcome).inc()
+                m.latency.labels(slot).observe(time.perf_counter() - t0)
         rid, created = uuid.uuid4().hex[:24], int(time.time())
         usage = {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                  "total_tokens": out.prompt_tokens + out.completion_tokens}
@@ -247,10 +329,11 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
         return await _answer(request, "completion")
 
     @app.get("/v1/models")
-    async def models():
-        st = router.status()
+    async def models(request: Request):
+        t = _caller(request, "user")
+        st = t.router.status()
         created = int(time.time())
-        data = [{"id": served_name, "object": "model", "created": created, "owned_by": "tuneloop"}]
+        data = [{"id": t.served_name, "object": "model", "created": created, "owned_by": "tuneloop"}]
         for name, s in st["slots"].items():
             if s["version"]:
                 data.append({"id": s["version"], "object": "model", "created": int(s["loaded_at"]),
@@ -259,10 +342,15 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
 
     @app.get("/health")
     async def health():
-        st = router.status()
-        live = st["slots"][st["live"]]
-        deps: dict[str, Any] = {"live_slot": {"ok": live["state"] == "ready", "slot": st["live"],
-                                              "version": live["version"]}}
+        """Open to all (load balancers probe it). With keys it says how many tenants are ready, not which."""
+        deps: dict[str, Any] = {}
+        if keys is None:
+            st = tenants[None].router.status()
+            live = st["slots"][st["live"]]
+            deps["live_slot"] = {"ok": live["state"] == "ready", "slot": st["live"], "version": live["version"]}
+        else:
+            ready = sum(t.router.slots[t.router.live].state == "ready" for t in tenants.values())
+            deps["live_slots"] = {"ok": ready == len(tenants), "ready": ready, "tenants": len(tenants)}
         if registry is not None:
             try:
                 await anyio.to_thread.run_sync(registry.aliases)
@@ -270,81 +358,113 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
             except Exception as e:  # a health check reports, never raises
                 deps["registry"] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
         ok = all(d["ok"] for d in deps.values())
-        return JSONResponse({"status": "ok" if ok else "unavailable", "live": st["live"],
-                             "canary": st["canary"], "dependencies": deps}, status_code=200 if ok else 503)
+        out: dict[str, Any] = {"status": "ok" if ok else "unavailable", "dependencies": deps}
+        if keys is None:
+            out.update(live=st["live"], canary=st["canary"])
+        return JSONResponse(out, status_code=200 if ok else 503)
 
     @app.get("/metrics")
-    async def prometheus():
-        st = router.status()
-        live_info.clear()
+    async def prometheus(request: Request):
+        t = _caller(request, "admin") if keys is not None else tenants[None]
+        st = t.router.status()
+        t.metrics.live.clear()
         live = st["slots"][st["live"]]
         if live["version"]:
-            live_info.labels(st["live"], live["version"]).set(1)
-        weight_g.set(st["canary"]["weight"] if st["canary"] else 0.0)
-        return PlainTextResponse(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
+            t.metrics.live.labels(st["live"], live["version"]).set(1)
+        t.metrics.weight.set(st["canary"]["weight"] if st["canary"] else 0.0)
+        running_g.set(admission.running)
+        waiting_g.set(len(admission.waiting))
+        return PlainTextResponse(generate_latest(t.metrics.registry) + generate_latest(shared),
+                                 media_type=CONTENT_TYPE_LATEST)
 
-    # -- admin ---------------------------------------------------------------
+    # -- admin: each key manages its own tenant's slots ------------------------------------------------------
+    def _status(t: Tenant) -> dict:
+        st = t.router.status()
+        return st if t.name is None else {"tenant": t.name, **st}
+
     @app.get("/admin/status")
     async def admin_status(request: Request):
-        return _admin(request) or router.status()
+        return _status(_caller(request, "admin"))
 
     @app.get("/admin/slots/{slot}/stats")
     async def admin_stats(slot: str, request: Request, since: float | None = None, version: str | None = None):
-        if (denied := _admin(request)) is not None:
-            return denied
+        t = _caller(request, "admin")
         if slot not in SLOTS:
-            raise UserError(slot, f"a slot is one of {', '.join(SLOTS)}", "name blue or green")
-        return router.slots[slot].stats(since, version)
+            raise BadField("slot", slot, f"a slot is one of {', '.join(SLOTS)}", "name blue or green")
+        return t.router.slots[slot].stats(since, version)
 
     @app.post("/admin/slots/{slot}/load")
     async def admin_load(slot: str, request: Request):
-        if (denied := _admin(request)) is not None:
-            return denied
-        body = await _json(request)
-        ref = body.get("version")
-        if not isinstance(ref, str) or not ref:
-            raise UserError("version", "must name a registry version, alias, or 'base'", 'send {"version": "v3"}')
-        await anyio.to_thread.run_sync(lambda: router.load(slot, lambda: loader(ref)))  # drains: off the loop
-        return router.status()
+        from tuneloop.registry import ALIASES
+
+        t = _caller(request, "admin")
+        ref = (await _json(request)).get("version")
+        if not isinstance(ref, str) or not (ref == "base" or ref in ALIASES or _VERSION_REF.fullmatch(ref)):
+            raise BadField("version", ref, f"must be a version id (v3), an alias ({', '.join(ALIASES)}) or 'base'",
+                           'send e.g. {"version": "v3"}')
+        if t.name is not None and ref != "base":  # a tenant loads only versions whose manifest names it
+            with _field("version"):
+                vid, owner = await anyio.to_thread.run_sync(lambda: loader.owner(ref))
+            if owner != t.name:
+                raise Denied(403, f"version {vid} belongs to another tenant; a key of tenant {t.name} loads only "
+                             f"versions whose manifest names tenant {t.name!r}. Fix: load one of this tenant's "
+                             "versions")
+            ref = vid  # load what was checked, even if an alias moves meanwhile
+        with _field("slot"):
+            await anyio.to_thread.run_sync(lambda: t.router.load(slot, lambda: loader(ref)))  # drains: off the loop
+        return _status(t)
 
     @app.post("/admin/slots/{slot}/unload")
     async def admin_unload(slot: str, request: Request):
-        if (denied := _admin(request)) is not None:
-            return denied
-        drained = await anyio.to_thread.run_sync(lambda: router.unload(slot))
-        return {"drained": drained, **router.status()}
+        t = _caller(request, "admin")
+        with _field("slot"):
+            drained = await anyio.to_thread.run_sync(lambda: t.router.unload(slot))
+        return {"drained": drained, **_status(t)}
 
     @app.post("/admin/switch")
     async def admin_switch(request: Request):
-        if (denied := _admin(request)) is not None:
-            return denied
-        return router.switch((await _json(request)).get("slot", ""))
+        t = _caller(request, "admin")
+        with _field("slot"):
+            t.router.switch((await _json(request)).get("slot", ""))
+        return _status(t)
 
     @app.post("/admin/canary")
     async def admin_canary(request: Request):
-        if (denied := _admin(request)) is not None:
-            return denied
+        t = _caller(request, "admin")
         body = await _json(request)
-        return router.set_canary(body.get("slot", ""), _num(body, "weight", None, 0.0, 1.0))
+        weight = bodies.number(body, "weight", None, 0.0, 1.0)
+        with _field("slot"):
+            t.router.set_canary(body.get("slot", ""), weight)
+        return _status(t)
 
     @app.post("/admin/slots/{slot}/faults")
     async def admin_faults(slot: str, request: Request):
-        if (denied := _admin(request)) is not None:
-            return denied
+        t = _caller(request, "admin")
         if not allow_faults:
-            return _error(403, "fault injection is off; start the server with --allow-faults (testing only)",
-                          "permission_error")
+            raise Denied(403, "fault injection is off. Fix: start the server with --allow-faults (testing only)")
         body = await _json(request)
-        unknown = sorted(set(body) - {"error_rate", "delay_s", "corrupt"})
+        unknown = sorted(map(str, set(body) - {"error_rate", "delay_s", "corrupt"}))
         if unknown:
-            raise UserError(unknown, "faults are error_rate, delay_s and corrupt", "drop the other keys")
-        faults = {"error_rate": _num(body, "error_rate", 0.0, 0.0, 1.0), "delay_s": _num(body, "delay_s", 0.0, 0.0, 60.0),
-                  "corrupt": bool(body.get("corrupt", False))}
-        router.slots[router.ready(slot).name].faults = {k: v for k, v in faults.items() if v}
-        return router.status()
+            raise BadField(unknown[0], body[unknown[0]], "faults are error_rate, delay_s and corrupt",
+                           "drop the other keys")
+        corrupt = body.get("corrupt", False)
+        if not isinstance(corrupt, bool):
+            raise BadField("corrupt", corrupt, "must be true or false", "send a JSON boolean")
+        faults = {"error_rate": bodies.number(body, "error_rate", 0.0, 0.0, 1.0),
+                  "delay_s": bodies.number(body, "delay_s", 0.0, 0.0, 60.0), "corrupt": corrupt}
+        with _field("slot"):
+            t.router.slots[t.router.ready(slot).name].faults = {k: v for k, v in faults.items() if v}
+        return _status(t)
 
     @app.post("/admin/rollback")
     async def admin_rollback(request: Request):
-        return _admin(request) or router.rollback()
+        t = _caller(request, "admin")
+        t.router.rollback()
+        return _status(t)
 
     return app
+
+
+def _token_ok(request: Request, token: str) -> bool:
+    got = request.headers.get("authorization", "")
+    return hmac.compare_digest(got.encode(), f"Bearer {token}".encode())

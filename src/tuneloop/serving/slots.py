@@ -24,6 +24,16 @@ SLOTS = ("blue", "green")
 WINDOW_S = 600.0  # request records kept per slot for analysis
 
 
+class UnknownModel(UserError):
+    """A model name this server (or this key's tenant) does not serve: OpenAI's 404 model_not_found."""
+
+    def __init__(self, model: object, served_name: str):
+        shown = repr(model) if len(repr(model)) <= 80 else repr(model)[:77] + "..."
+        super().__init__(f"model={shown}", f"no such model here (or not one this key may use); the model must be "
+                         f"{served_name!r}, a slot ({served_name}@blue, {served_name}@green) or a loaded version",
+                         "list the choices with GET /v1/models")
+
+
 def _check_slot(slot: str) -> str:
     if slot not in SLOTS:
         raise UserError(slot, f"a slot is one of {', '.join(SLOTS)}", "name the blue or the green slot")
@@ -161,7 +171,7 @@ class Router:
 
     def unload(self, slot: str, timeout: float = 300.0) -> bool:
         with self._lock:
-            if slot == self.live:
+            if _check_slot(slot) == self.live:
                 raise UserError(slot, "the live slot cannot be unloaded", "switch to the other slot first")
             if self.canary and self.canary[0] == slot:
                 raise UserError(slot, "a slot taking canary traffic cannot be unloaded", "end the canary first")
@@ -216,6 +226,19 @@ class Router:
                                 "load the version you want into the idle slot and switch to it")
         return self.status()
 
+    def _pinned(self, model: str, served_name: str) -> str | None:
+        for n, s in self.slots.items():
+            if model in (n, f"{served_name}@{n}") or (s.engine is not None and s.engine.version == model):
+                return n
+        return None
+
+    def check(self, model: str, served_name: str) -> None:
+        """Raise UnknownModel unless `model` routes somewhere now (no side effect on canary counting)."""
+        with self._lock:
+            if model in (served_name, "") or self._pinned(model, served_name) is not None:
+                return
+        raise UnknownModel(model, served_name)
+
     def route(self, model: str, served_name: str) -> str:
         """The slot for a request naming `model`: the served name follows live/canary routing;
         a slot name or a loaded version id pins the request there."""
@@ -227,12 +250,10 @@ class Router:
                     if takes_turn(self._count + self._canary_seed, w):
                         return slot
                 return self.live
-            for n, s in self.slots.items():
-                if model in (n, f"{served_name}@{n}") or (s.engine is not None and s.engine.version == model):
-                    return n
-        raise UserError(model, f"the model must be {served_name!r}, a slot ({served_name}@blue, "
-                               f"{served_name}@green) or a loaded version",
-                        "list the choices with GET /v1/models")
+            pinned = self._pinned(model, served_name)
+        if pinned is None:
+            raise UnknownModel(model, served_name)
+        return pinned
 
     @contextmanager
     def serving(self, slot: str):
@@ -257,4 +278,4 @@ class Router:
                 self._lock.notify_all()
 
 
-__all__ = ["SLOTS", "Router", "Slot", "other", "quantile"]
+__all__ = ["SLOTS", "Router", "Slot", "UnknownModel", "other", "quantile"]
