@@ -13,9 +13,11 @@ import time
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from tasks import refuse_crash_loop
 from tasks.serving import admin_for, check_slot, load_candidate, roll_back, set_canary, switch_slot
 from tuneloop import observability as metrics
 from tuneloop.errors import ConflictError
+from tuneloop.faults import crash_point
 from tuneloop.registry import open_registry
 from tuneloop.serving.promote import default_smoke_path, idle_slot, read_smoke, summary_markdown
 from tuneloop.specs import PromoteSpec
@@ -37,6 +39,7 @@ def _watch(spec: PromoteSpec, slot: str, items: list, since: float, seconds: flo
 @flow(name="promote")
 def promote(spec: PromoteSpec) -> dict:
     logger = get_run_logger()
+    refuse_crash_loop()
     registry = open_registry()
     version = registry.get(spec.version)
     expected = registry.aliases().get(spec.alias)
@@ -46,6 +49,9 @@ def promote(spec: PromoteSpec) -> dict:
     status = admin_for(spec).status()
     if status["slots"][status["live"]]["version"] == version.id and status["canary"] is None:
         result.update(outcome="already-live", reason=f"{version.id} is already live in {status['live']}")
+        if expected != version.id:  # a run that crashed after its switch, retried: finish its alias move
+            registry.set_alias(spec.alias, version.id, expected=expected)
+            result["reason"] += f"; {spec.alias}: {expected} -> {version.id}"
     else:
         items = read_smoke(spec.smoke or default_smoke_path(version.manifest), spec.smoke_items)
         probes = items[: spec.probe_items]
@@ -69,20 +75,21 @@ def promote(spec: PromoteSpec) -> dict:
                         breach = f"canary {w:.0%}: " + "; ".join(c.reasons)
                         break
             if breach is None:
-                since = switch_slot(spec, slot)
+                since = switch_slot(spec, slot, version.id)
+                crash_point("promote-switched")  # live traffic moved, the alias not yet
                 logger.info(f"switched: {slot} ({version.id}) is live; watching {spec.watch_seconds:.0f} s")
                 c = _watch(spec, slot, probes, since, spec.watch_seconds, "after switch", checks)
                 if not c.ok:
                     breach = "after switch: " + "; ".join(c.reasons)
             if breach is not None:
-                roll_back(spec)
+                roll_back(spec, version.id, breach)
                 metrics.record_rollback(version.manifest.get("tenant", "default"))
                 result.update(outcome="rolled-back", reason=breach)
             else:
                 try:
                     registry.set_alias(spec.alias, version.id, expected=expected)
                 except ConflictError as e:
-                    roll_back(spec)
+                    roll_back(spec, version.id, f"registry conflict: {e}")
                     result.update(outcome="rolled-back", reason=f"registry conflict: {e}")
                     raise
                 result.update(outcome="promoted", reason=f"{version.id} is live in {slot}; "

@@ -6,7 +6,9 @@ from prefect import flow, get_run_logger
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.states import Cancelled
+from prefect.utilities.annotations import opaque
 
+from tasks import refuse_crash_loop
 from tasks.benchmarks import run_benchmark_suite
 from tasks.data import prepare_base_model, validate_dataset
 from tasks.evaluation import decide_promotion, evaluate_adapter, judge_answers
@@ -26,6 +28,7 @@ from tuneloop.summary import benchmark_rows, build_summary
 @flow(name="retrain")
 def retrain(spec: RetrainSpec) -> dict:
     logger = get_run_logger()
+    refuse_crash_loop()
     if placement(spec.hardware, device() == "cuda") == "gpu-pool":
         if spec.gpu_deployment is None:
             logger.warning(f"hardware {spec.hardware!r} has a GPU but this worker has none; training here on "
@@ -37,7 +40,9 @@ def retrain(spec: RetrainSpec) -> dict:
     base = prepare_base_model(spec.base_model)
     dataset = validate_dataset(spec, base)  # raises before anything is written if the data is bad
 
-    est = estimate_job(spec, base, dataset)
+    # opaque(): large arguments reach their task as they are, without Prefect walking every row and item to
+    # look for futures inside (its documented fix; that walk was most of Prefect's cost per retrain)
+    est = estimate_job(spec, base, opaque(dataset))
     verdict = check(est, spec.guards)
     if verdict.action == "refuse":
         logger.warning(verdict.reason)
@@ -56,17 +61,17 @@ def retrain(spec: RetrainSpec) -> dict:
         logger.info(f"approved: {answer.reason or 'no reason given'}")
 
     champion = open_registry().champion()
-    trained = train_adapter(spec, base, dataset, RunGuard(spec.guards, est))
+    trained = train_adapter(spec, base, opaque(dataset), RunGuard(spec.guards, est))
     if trained.stopped_reason:
         return Cancelled(message=f"stopped by the guard at step {trained.steps}/{trained.total_steps}: "
                                  f"{trained.stopped_reason}; the checkpoint is kept, rerun to resume")
-    candidate = evaluate_adapter(spec, base, trained.adapter_dir, dataset.eval_rows, "candidate")
+    candidate = evaluate_adapter(spec, base, trained.adapter_dir, opaque(dataset.eval_rows), "candidate")
     if champion is None:
-        incumbent = evaluate_adapter(spec, base, None, dataset.eval_rows, "base")
+        incumbent = evaluate_adapter(spec, base, None, opaque(dataset.eval_rows), "base")
     else:
         champion_base = prepare_base_model(champion.manifest["base_model"])
         champion_adapter = fetch_adapter(champion.id)  # every file checked against the manifest's sha256
-        incumbent = evaluate_adapter(spec, champion_base, champion_adapter, dataset.eval_rows,
+        incumbent = evaluate_adapter(spec, champion_base, champion_adapter, opaque(dataset.eval_rows),
                                      f"champion {champion.id}")
     guarded, cand_bench, inc_bench = None, {}, {}
     if spec.benchmarks.names:
@@ -78,12 +83,13 @@ def retrain(spec: RetrainSpec) -> dict:
 
     judge_summary, rubric_checks = {}, []
     if spec.judge is not None:
-        report = judge_answers(spec.judge, candidate)
+        report = judge_answers(spec.judge, opaque(candidate))
         rubric_checks = check_rubrics(report, RubricGate(min_scores=spec.judge.min_scores,
                                                          max_failure_rate=spec.judge.max_failure_rate))
         judge_summary = {name: {"candidate": r.mean, "incumbent": None, "n_failed": r.n_failed}
                          for name, r in report.rubrics.items()}
-    decision = decide_promotion(candidate, incumbent, spec.gate, guarded=guarded, extra_checks=rubric_checks)
+    decision = decide_promotion(opaque(candidate), opaque(incumbent), spec.gate, guarded=opaque(guarded),
+                                extra_checks=rubric_checks)
 
     version = register_candidate(
         trained.adapter_dir, base_model=spec.base_model, dataset_version=dataset.version,
@@ -101,7 +107,7 @@ def retrain(spec: RetrainSpec) -> dict:
                             judge=judge_summary, confidence=spec.gate.confidence,
                             resamples=spec.gate.bootstrap_resamples)
     summary["run_dir"] = str(trained.run_dir)
-    summary["reports"] = publish_report(summary)
+    summary["reports"] = publish_report(opaque(summary))
     logger.info(decision.reason)
     return summary
 

@@ -8,6 +8,7 @@ from tasks import TASK_DEFAULTS
 from tuneloop.basemodel import load_tokenizer, resolve_base_model
 from tuneloop.chat import count_tokens
 from tuneloop.data import PreparedDataset, prepare_dataset
+from tuneloop.faults import crash_point
 from tuneloop.settings import get_settings
 from tuneloop.specs import RetrainSpec
 
@@ -28,5 +29,6 @@ def validate_dataset(spec: RetrainSpec, base_path: str) -> PreparedDataset:
     ds = prepare_dataset(spec.data, spec.dataset, eval_data=spec.eval_data, count_tokens=count_tokens(tok),
                          max_tokens=limit, report_dir=settings.state_dir / "reports", tenant=spec.tenant)
     ds.save(settings.datasets_dir)
+    crash_point("validate")
     get_run_logger().info(f"dataset {ds.version[:16]}: {ds.manifest()['splits']}, {ds.stats}")
     return ds

@@ -11,6 +11,7 @@ from tasks import TASK_DEFAULTS
 from tuneloop.data.validate import Row
 from tuneloop.evals.judge import JudgeClient, JudgeReport, judge
 from tuneloop.evals.run import EvalResult, evaluate_model
+from tuneloop.faults import crash_point
 from tuneloop.promotion import Decision, decide
 from tuneloop.specs import GateSpec, JudgeSpec, RetrainSpec
 
@@ -18,6 +19,8 @@ from tuneloop.specs import GateSpec, JudgeSpec, RetrainSpec
 @task(name="evaluate-model", **TASK_DEFAULTS)
 def evaluate_adapter(spec: RetrainSpec, base_path: str, adapter_dir: Path | None, rows: list[Row],
                      label: str) -> EvalResult:
+    if label != "candidate":
+        crash_point("mid-evaluation")  # the candidate is scored, the incumbent not yet
     return evaluate_model(base_path, adapter_dir, rows, spec.evaluation, label, spec.training.quantization)
 
 

@@ -11,7 +11,8 @@ from prefect.events import emit_event
 from tasks import TASK_DEFAULTS
 from tuneloop import observability as metrics
 from tuneloop.promotion import Decision
-from tuneloop.registry import Version, open_registry
+from tuneloop.faults import crash_point
+from tuneloop.registry import Version, idempotency_key, open_registry
 from tuneloop.reports import render_markdown, write_reports
 from tuneloop.settings import get_settings
 
@@ -27,8 +28,12 @@ def fetch_adapter(ref: str) -> Path:
 
 @task(name="register-candidate", **TASK_DEFAULTS)
 def register_candidate(adapter_dir, **manifest) -> Version:
+    """Idempotent: a retried run (after a crash anywhere past this point) finds the version its first
+    attempt registered, by the adapter's content and dataset, instead of adding a duplicate."""
     registry = open_registry()
-    version = registry.create_version(adapter_dir, **manifest)
+    key = idempotency_key(adapter_dir, manifest["dataset_version"], manifest.get("spec"))
+    version = registry.create_version(adapter_dir, idempotency_key=key, **manifest)
+    crash_point("registry-written")  # between the registry write and the alias moves
     registry.set_alias("challenger", version.id)
     return version
 

@@ -8,6 +8,7 @@ import time
 from prefect import task
 
 from tasks import TASK_DEFAULTS
+from tuneloop.registry import open_registry
 from tuneloop.serving import promote
 from tuneloop.serving.promote import Check, ServingAdmin
 from tuneloop.specs import PromoteSpec
@@ -35,11 +36,16 @@ def set_canary(spec: PromoteSpec, slot: str, weight: float) -> float:
 
 
 @task(name="switch-slot", **TASK_DEFAULTS)
-def switch_slot(spec: PromoteSpec, slot: str) -> float:
+def switch_slot(spec: PromoteSpec, slot: str, version: str | None = None) -> float:
     admin_for(spec).switch(slot)
+    if version is not None:
+        open_registry().record_event("switch", version, slot=slot, server=spec.server)
     return time.time()
 
 
 @task(name="roll-back", **TASK_DEFAULTS)
-def roll_back(spec: PromoteSpec) -> dict:
-    return admin_for(spec).rollback()
+def roll_back(spec: PromoteSpec, version: str | None = None, reason: str = "") -> dict:
+    out = admin_for(spec).rollback()
+    if version is not None:
+        open_registry().record_event("rollback", version, reason=reason, server=spec.server)
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -12,6 +13,7 @@ from tasks import TASK_DEFAULTS
 from tuneloop import observability as metrics
 from tuneloop.data import PreparedDataset
 from tuneloop.errors import UserError
+from tuneloop.faults import crash_point
 from tuneloop.settings import get_settings
 from tuneloop.specs import RetrainSpec
 from tuneloop.training import TrainResult, train_lora
@@ -28,6 +30,10 @@ def run_id(spec: RetrainSpec, base_path: str, dataset_version: str) -> str:
         parts.append([spec.trainer.kind, spec.trainer.base_url])
     key = json.dumps(parts, sort_keys=True)
     return "run-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+ARTIFACT_EVERY_S = 5.0  # the training waits for each artifact request: at most one of each kind per 5 s
+# (a progress update every 5% and a table every checkpoint were 30+ requests, 3% of a demo retrain)
 
 
 def _publish_checkpoints(rows: list[dict], run_name: str) -> None:
@@ -47,18 +53,23 @@ def train_adapter(spec: RetrainSpec, base_path: str, dataset: PreparedDataset, s
     progress_id = create_progress_artifact(0.0, description=f"training {run_dir.name}")
     shown = [0.0]
     published: list[list[dict]] = [[]]
+    sent = [float("-inf"), float("-inf")]  # when the progress and the checkpoint table were last sent
 
     def watch(step: int, total: int, elapsed: float) -> str | None:
-        """Move the Prefect progress artifact (every 5%), publish new checkpoints, then ask the guard."""
+        """Move the Prefect progress artifact (by 5% or more) and publish new checkpoints, each at most every
+        ARTIFACT_EVERY_S (the final ones are sent after training), then ask the guard."""
+        now = time.monotonic()
         done = 100.0 * step / max(total, 1)
-        if done - shown[0] >= 5 or step == total:
+        if done - shown[0] >= 5 and now - sent[0] >= ARTIFACT_EVERY_S:
             update_progress_artifact(progress_id, done)
-            shown[0] = done
+            shown[0], sent[0] = done, now
         if not remote:
             rows = checkpoint_rows(run_dir)
-            if rows != published[0]:
+            if rows != published[0] and now - sent[1] >= ARTIFACT_EVERY_S:
                 _publish_checkpoints(rows, run_dir.name)
-                published[0] = rows
+                published[0], sent[1] = rows, now
+            if rows and 2 * step >= total:
+                crash_point("mid-training")  # past half way, with a checkpoint to resume from
         return should_stop(step, total, elapsed) if should_stop else None
 
     try:

@@ -204,3 +204,35 @@ def make_server(registry, tiny_base):
     yield make
     for s in started:
         s.__exit__(None, None, None)
+
+
+# -- the fuzz report (tests/fuzz): each surface records `surface: N inputs, K accepted, M rejected`; the
+# lines are printed at the end of the session (a passing test's output is not shown otherwise) and written
+# to .tuneloop/fuzz-report.txt. Here, not in tests/fuzz/conftest.py: a second conftest module would shadow
+# this one for the tests that `from conftest import ROOT`.
+FUZZ_REPORT = ROOT / ".tuneloop" / "fuzz-report.txt"
+_FUZZ_LINES: list[str] = []
+
+
+@pytest.fixture
+def fuzz_report():
+    """Call with a `Tally` once the surface has run; it goes into the session's fuzz report."""
+
+    def record(tally) -> None:
+        _FUZZ_LINES.append(tally.line())
+        if tally.reasons:
+            top = sorted(tally.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:6]
+            _FUZZ_LINES.append("    rejected for: " + "; ".join(f"{reason} ({n})" for reason, n in top))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _FUZZ_LINES:
+        return
+    terminalreporter.section("fuzz report: inputs tried")
+    for line in _FUZZ_LINES:
+        terminalreporter.write_line(line)
+    FUZZ_REPORT.parent.mkdir(parents=True, exist_ok=True)
+    FUZZ_REPORT.write_text("\n".join(_FUZZ_LINES) + "\n", encoding="utf-8")
+    terminalreporter.write_line(f"(also written to {FUZZ_REPORT.relative_to(ROOT)})")

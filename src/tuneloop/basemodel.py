@@ -133,7 +133,10 @@ def load_model(path: str, quantization: str = "none"):
 
     dev = device()
     dtype = torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code()}
+    from tuneloop.safety import refuse_pickles
+
+    refuse_pickles(path, f"base model {path}")  # a local folder: pickle weights never reach torch.load
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code(), "use_safetensors": True}
     if quantization == "4bit":
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)

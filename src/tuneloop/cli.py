@@ -175,6 +175,11 @@ def cmd_registry(args) -> int:
         print(f"deleted {vid} from {reg.location}")
     elif cmd == "lineage":
         print(render_lineage(reg.lineage(args.ref)) or f"no versions yet in {reg.location}")
+    elif cmd == "audit":
+        version = reg.resolve(args.ref) if args.ref else None
+        for e in reg.audit_log(version=version, action=args.action, limit=args.limit):
+            detail = " ".join(f"{k}={v}" for k, v in sorted(e["details"].items()) if v not in (None, ""))
+            print(f"{e['at']}  {e['action']:9} {e['version'] or '-':6} {e['tenant'] or '-':10} {e['actor']}  {detail}")
     elif cmd == "alias":
         if (args.ref is None) == (not args.clear):
             raise UserError(f"alias {args.name}", "needs either a version (REF) or --clear, not both",
@@ -385,6 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
     ln = rcmd("lineage", help="the version graph: parent, dataset version, feedback window",
               description="Without REF, every version as a tree; with REF, it and its ancestors.")
     ln.add_argument("ref", nargs="?")
+    au = rcmd("audit", help="the append-only log of who registered, promoted, rejected, deleted, switched or "
+                             "rolled back what, and when")
+    au.add_argument("ref", nargs="?", help="only this version's entries")
+    au.add_argument("--action", help="only entries of this action (register, promote, rollback, delete, ...)")
+    au.add_argument("--limit", type=int, default=None, help="the newest N entries")
     al = rcmd("alias", help="point an alias (champion, challenger, production) at a version, or clear it",
               description="A compare-and-swap with --expected: refused if the alias moved meanwhile.")
     al.add_argument("name", choices=ALIASES)

@@ -7,14 +7,31 @@ flags, so a bad value is caught before any work starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneloop.errors import SpecError
 
 TINY_BASE = "tuneloop/tiny-llama"
+
+
+def _safe(what: str):
+    def check(value: str) -> str:
+        from tuneloop.errors import UserError
+        from tuneloop.safety import safe_name
+
+        try:
+            return safe_name(value, what)
+        except UserError as e:
+            raise ValueError(str(e)) from None  # pydantic reports ValueErrors with the field's location
+
+    return AfterValidator(check)
+
+
+# names that become folder names and object keys: no '/', no '..'
+Tenant = Annotated[str, _safe("tenant name")]
 
 
 class _Spec(BaseModel):
@@ -131,11 +148,6 @@ class GuardSpec(_Spec):
     approval_timeout_s: float = Field(3600, gt=0, description="how long to wait for approval before giving up")
 
 
-class RetrainSpec(_Spec):
-    """Everything `retrain` needs: data, base model, training, eval and gate."""
-
-    data: Path = Field(description="feedback file: OpenAI chat JSONL or prompt/completion JSONL")
-    eval_data: Path | None = Field(None, description="fixed held-out set; default: the data's test split")
 class TrainerSpec(_Spec):
     """Where training runs: this worker (`local`) or an AutoTrain-style service that sends the adapter back.
 
@@ -165,16 +177,21 @@ class TrainerSpec(_Spec):
         return self
 
 
+class RetrainSpec(_Spec):
+    """Everything `retrain` needs: data, base model, training, eval and gate."""
+
+    data: Path = Field(description="feedback file: OpenAI chat JSONL or prompt/completion JSONL")
+    eval_data: Path | None = Field(None, description="fixed held-out set; default: the data's test split")
     base_model: str = Field(TINY_BASE, description="Hugging Face id or local path; the default is built locally")
-    tenant: str = "default"
+    tenant: Tenant = "default"
     dataset: DataSpec = DataSpec()
     training: TrainingSpec = TrainingSpec()
+    trainer: TrainerSpec = TrainerSpec()
     evaluation: EvalSpec = EvalSpec()
     gate: GateSpec = GateSpec()
     benchmarks: BenchmarkSpec = BenchmarkSpec()
     judge: JudgeSpec | None = None
     guards: GuardSpec = GuardSpec()
-    trainer: TrainerSpec = TrainerSpec()
     hardware: str = Field("cpu", description="a row of tuneloop.presets.HARDWARE: prices and throughput for estimates")
     gpu_deployment: str | None = Field(None, description="deployment (flow/name) a run whose hardware has a GPU "
                                        "is handed to when it starts on a worker without one; None: train here")
@@ -191,8 +208,8 @@ class SourceSpec(_Spec):
     """One feedback source. Secrets are never in a spec: it names the environment variables that hold them."""
 
     kind: Literal["file", "langsmith", "langfuse"]
-    name: str | None = None
-    tenant: str = "default"
+    name: Annotated[str, _safe("source name")] | None = None
+    tenant: Tenant = "default"
     path: Path | None = Field(None, description="file: JSONL or CSV")
     project: str | None = Field(None, description="langsmith: project name")
     api_url: str | None = Field(None, description="langsmith API URL or langfuse host")
@@ -226,7 +243,7 @@ class CollectSpec(_Spec):
 class DriftSpec(_Spec):
     """detect-drift: recent prompts against the champion's training prompts."""
 
-    tenant: str = "default"
+    tenant: Tenant = "default"
     window_days: float = Field(30, gt=0)
     reference: Path | None = Field(None, description="JSONL of reference rows; default: the champion's training data")
     backend: Literal["auto", "minilm", "tfidf"] = "auto"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from pathlib import Path
 
@@ -19,15 +20,32 @@ pytestmark = pytest.mark.slow
 NEGATIVES = 5
 
 
+# An API key planted in the worker's environment and pasted by users into feedback: it must not appear in any
+# log line, artifact, event or file the run writes (the test greps them all, the Prefect database included).
+PLANTED = "sk-proj-" + secrets.token_hex(16)
+PLANTED_ENV_ONLY = "lsv2_sk_" + secrets.token_hex(16)
+
+
 def feedback_file(path: Path, demo_rows: list[dict]) -> None:
     rows = []
     for i, r in enumerate(demo_rows[:40]):
-        rows.append({"prompt": r["messages"][1]["content"], "response": r["messages"][2]["content"],
+        prompt = r["messages"][1]["content"] + (f" (my key is {PLANTED})" if i % 10 == 0 else "")
+        rows.append({"prompt": prompt, "response": r["messages"][2]["content"],
                      "score": 0.9, "user": f"u{i}", "timestamp": "2026-11-20T10:00:00Z"})
     for i, r in enumerate(demo_rows[40:40 + NEGATIVES]):
-        rows.append({"prompt": r["messages"][1]["content"], "response": "no idea", "score": 0.2,
+        rows.append({"prompt": r["messages"][1]["content"], "response": f"no idea, try {PLANTED}", "score": 0.2,
                      "correction": r["messages"][2]["content"], "user": f"n{i}", "timestamp": "2026-11-21T10:00:00Z"})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def files_holding(root: Path, needles: list[str], skip: set[Path]) -> list[str]:
+    """Every file under root (binary included: the Prefect database, its WAL) that holds one of the needles."""
+    found = []
+    for p in root.rglob("*"):
+        if p.is_file() and not p.is_symlink() and p not in skip:
+            data = p.read_bytes()
+            found += [f"{p.relative_to(root)}: {n[:12]}..." for n in needles if n.encode() in data]
+    return found
 
 
 def test_negative_feedback_triggers_a_retrain_that_completes(tiny_base, demo_files, tmp_path):
@@ -62,7 +80,8 @@ def test_negative_feedback_triggers_a_retrain_that_completes(tiny_base, demo_fil
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env |= {"PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TUNELOOP_STATE_DIR": str(state),
-            "TUNELOOP_PROJECT_DIR": str(ROOT), "PREFECT_LOGGING_LEVEL": "INFO"}
+            "TUNELOOP_PROJECT_DIR": str(ROOT), "PREFECT_LOGGING_LEVEL": "INFO",
+            "OPENAI_API_KEY": PLANTED, "LANGSMITH_API_KEY": PLANTED_ENV_ONLY}
     server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
     server_log, worker_log = tmp_path / "server.log", tmp_path / "worker.log"
     server = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -100,7 +119,12 @@ def test_negative_feedback_triggers_a_retrain_that_completes(tiny_base, demo_fil
         sheet = json.loads(next((state / "feedback" / "datasets" / "default").glob("*/datasheet.json")).read_text())
         assert sheet["counts"]["negatives"] == NEGATIVES and sheet["tenant"] == "default"
         assert (state / "registry" / "versions" / "v1" / "manifest.json").exists()
+        logs = httpx.post(f"{api}/logs/filter", json={"limit": 200}).json()
+        assert len(logs) > 20 and not [lg["message"] for lg in logs if PLANTED in lg["message"]]
     finally:
         if worker is not None:
             stop(worker)
         stop(server)
+    leaked = files_holding(tmp_path, [PLANTED, PLANTED_ENV_ONLY], skip={incoming, prefect_file})
+    assert not leaked, f"planted secrets found in: {leaked}"
+    assert (state / "registry" / "versions" / "v1" / "report").exists()  # the greps covered the reports too

@@ -64,8 +64,9 @@ def test_create_version_numbers_and_manifest(reg, adapter):
         assert f["sha256"] == sha256(data) == sha256((adapter / Path(f["path"]).name).read_bytes())
         assert f["bytes"] == len(data)
     assert json.loads(stored(reg, "versions/v2/manifest.json")) == m == reg.get("v2").manifest
-    # nothing but the two versions, their claims and no staging leftovers
-    assert [k for k in raw_keys(reg) if not k.startswith("versions/")] == ["claims/v1", "claims/v2"]
+    # nothing but the two versions, their claims, the audit log's entries and no staging leftovers
+    assert [k for k in raw_keys(reg) if not k.startswith(("versions/", "audit/"))] == ["claims/v1", "claims/v2"]
+    assert [e["action"] for e in reg.audit_log()] == ["register", "register"]
 
 
 def test_local_layout_is_plain_folders(tmp_path, adapter):

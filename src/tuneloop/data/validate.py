@@ -5,13 +5,18 @@ Accepted shapes, one JSON object per line:
   {"prompt": "...", "completion": "..."}
 with optional "rating" (1-5), "score" (0-1) and "tenant" (string).
 Every problem is reported with its line, the rule and how to fix it; the
-whole file is read so that one run lists all problems at once.
+whole file is read so that one run lists all problems at once. Bytes that
+are not UTF-8, text with lone surrogate escapes (\\ud800 without its pair,
+which no UTF-8 file can hold), numbers past Python's 4300-digit limit and
+nesting past the recursion limit are each a problem of their line, never
+an exception.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,7 +37,13 @@ FIXES = {
     "range": "ratings are 1-5 and scores 0-1",
     "too_few_examples": "add rows: at least the minimum number of valid examples is needed",
     "tenant": "split the file per tenant and train each tenant separately",
+    "encoding": "save the file as UTF-8, and escape characters beyond U+FFFF as a complete surrogate pair "
+                "(\\ud83d\\ude00), never half of one",
 }
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, as surrogateescape decodes them
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,47 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _lone_surrogate(obj) -> str | None:
+    """The first string (key or value) in a parsed JSON value that holds a lone surrogate, else None."""
+    stack = [obj]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return v
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return None
+
+
+def parse_line(text: str, line: int) -> tuple[object, Issue | None]:
+    """One JSONL line (decoded with errors="surrogateescape") as a JSON value, or the issue that stops it."""
+    bad = _UNDECODABLE.search(text)
+    if bad:
+        return None, Issue(line, "encoding", f"byte 0x{ord(bad.group()) - 0xDC00:02x} at column {bad.start() + 1} "
+                                             "is not UTF-8")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        return None, Issue(line, "json", f"not valid JSON ({e.msg} at column {e.colno})")
+    except RecursionError:
+        return None, Issue(line, "json", "not valid JSON here (nested too deeply to read: keep nesting to a few "
+                                         "levels)")
+    except ValueError as e:  # an integer past Python's 4300-digit limit
+        return None, Issue(line, "json", f"not valid JSON here ({str(e).split(':')[0]})")
+    if _ESCAPED_SURROGATE.search(text):
+        found = _lone_surrogate(obj)
+        if found is not None:
+            at = _SURROGATE.search(found)
+            after = f", after {found[:at.start()][-20:]!r}" if at.start() else ""
+            return None, Issue(line, "encoding", f"a string holds a lone surrogate escape (\\u{ord(at.group()):04x}"
+                                                 f"{after}), which UTF-8 cannot store")
+    return obj, None
+
+
 def _check_row(obj, line: int) -> tuple[Row | None, list[Issue]]:
     issues: list[Issue] = []
     bad = lambda rule, msg: issues.append(Issue(line, rule, msg))  # noqa: E731
@@ -199,7 +251,9 @@ def validate_file(
     path = Path(path)
     report = ValidationReport(str(path))
     try:
-        fh = path.open(encoding="utf-8")
+        # utf-8-sig: a byte order mark (spreadsheet programs write one) is not part of line 1;
+        # surrogateescape: a byte that is not UTF-8 is its line's problem, not an exception
+        fh = path.open(encoding="utf-8-sig", errors="surrogateescape")
     except FileNotFoundError:
         report.issues.append(Issue(0, "format", f"{path} does not exist"))
         return report
@@ -208,10 +262,9 @@ def validate_file(
             report.lines_read = line_no
             if not text.strip():
                 continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                report.issues.append(Issue(line_no, "json", f"not valid JSON ({e.msg} at column {e.colno})"))
+            obj, problem = parse_line(text, line_no)
+            if problem is not None:
+                report.issues.append(problem)
                 continue
             row, issues = _check_row(obj, line_no)
             report.issues.extend(issues)

@@ -41,6 +41,9 @@ def load_for_eval(base_path: str, adapter_dir: str | Path | None, quantization: 
     if adapter_dir is not None:
         from peft import PeftModel
 
+        from tuneloop.safety import refuse_pickles
+
+        refuse_pickles(adapter_dir, f"adapter {adapter_dir}")
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     model.eval()
     return model

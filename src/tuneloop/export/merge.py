@@ -30,7 +30,11 @@ def load_merged(base: str, adapter_dir: str | Path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    from tuneloop.safety import refuse_pickles
+
+    refuse_pickles(base, f"base model {base}")
+    refuse_pickles(adapter_dir, f"adapter {adapter_dir}")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
     return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Protocol
 
@@ -67,13 +68,41 @@ class FeedbackItem:
         return cls(**d)
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def storable(value):
+    """`value` with every lone surrogate (half of a UTF-16 pair, which JSON can escape but UTF-8 cannot
+    encode) replaced by U+FFFD, so the store can write it. Text from hosted APIs is cleaned this way:
+    one broken emoji must not stop a collection."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(storable(v) for v in value)
+    return value
+
+
+def storable_item(item: "FeedbackItem") -> "FeedbackItem":
+    """The item with its text made storable (see `storable`); the same object when nothing needed it."""
+    try:  # the fields as they are (no deep copy): most items need nothing
+        json.dumps([getattr(item, f.name) for f in fields(item)], ensure_ascii=False, default=str).encode("utf-8")
+        return item
+    except UnicodeEncodeError:
+        return FeedbackItem.from_json(storable(item.to_json()))
+
+
 def content_id(*parts: object) -> str:
     """A stable id for items whose source gives none."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def utc_iso(ts: datetime | str | None) -> str:
-    """Normalize a timestamp to ISO 8601 UTC (naive datetimes are taken as UTC)."""
+    """Normalize a timestamp to ISO 8601 UTC (naive datetimes are taken as UTC).
+
+    Raises ValueError for a string that is not ISO 8601 and OverflowError for a time whose UTC
+    equivalent falls outside the years 1-9999 (0001-01-01T00:00:00+01:00)."""
     if ts is None:
         return datetime.now(timezone.utc).isoformat()
     if isinstance(ts, str):

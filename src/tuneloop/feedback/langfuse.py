@@ -16,6 +16,16 @@ the same public key silently reuses the FIRST client's host and secret key; it
 also lets LANGFUSE_BASE_URL override `host`, and starts media/score upload
 threads with an atexit flush. A bare `LangfuseAPI` has none of that. Pass
 `client=` (a `Langfuse` or a `LangfuseAPI`) to use your own.
+
+Skipped, counted by reason in `last_skipped`: non-numeric scores, values
+outside 0..5, scores not on a trace, traces without a conversation (no
+input text or no output text), a message role the training data cannot
+hold (not system/user/assistant/tool), input/output JSON nested too deeply
+to read, or a timestamp with no UTC equivalent. Empty messages are dropped
+from the conversation, a correction in metadata that is an answer object
+is reduced to its text, and lone surrogates (half an emoji, from a JSON
+escape) become U+FFFD, so every item returned can be stored and becomes a
+valid training row.
 """
 
 from __future__ import annotations
@@ -26,9 +36,10 @@ from typing import Any
 
 import httpx
 
+from tuneloop.data.validate import ROLES as _TRAINABLE_ROLES
 from tuneloop.errors import TransientError, TuneloopError, UserError
 from tuneloop.feedback import watermark as wm
-from tuneloop.feedback.items import FeedbackItem, utc_iso
+from tuneloop.feedback.items import FeedbackItem, storable_item, utc_iso
 
 _SCORE_FIELDS = "details,subject"  # comment/metadata and the trace the score is attached to
 _OBS_FIELDS = "core,basic,io,metadata"  # basic carries userId; io input/output (raw strings)
@@ -133,16 +144,30 @@ class LangfuseSource:
         obs = _pick_observation(observations[trace_id], obs_id)
         if obs is None:
             return self._skip("trace has no observations")
-        messages = _messages(_from_raw(obs.input))
+        try:
+            return self._build(s, obs, observations[trace_id], trace_id, score, rating)
+        except RecursionError:  # JSON nested hundreds of levels deep
+            return self._skip("observation input or output nested too deeply to read")
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 has no UTC equivalent
+            return self._skip("timestamp outside the years 1-9999 in UTC")
+
+    def _build(self, s, obs, trace_obs: list, trace_id: str, score: float | None,
+               rating: float | None) -> FeedbackItem | None:
+        # what the dataset builder writes must pass the training-data rules: known roles, no empty turns
+        messages = [m for m in _messages(_from_raw(obs.input)) if m["content"].strip()]
         response = _response(_from_raw(obs.output))
-        if not messages or response is None:
+        if not messages or response is None or not response.strip():
             return self._skip("no input/output conversation on the trace")
+        if any(m["role"] not in _TRAINABLE_ROLES for m in messages):
+            return self._skip("a message role is not system, user, assistant or tool")
 
         meta = dict(s.metadata or {})
-        user = obs.user_id or next((o.user_id for o in observations[trace_id] if o.user_id), None)
+        user = obs.user_id or next((o.user_id for o in trace_obs if o.user_id), None)
         user = user or meta.get("user_id") or meta.get("userId") or meta.get("user")
         correction = meta.get("correction")
-        return FeedbackItem(
+        if not isinstance(correction, str):  # an answer object ({"role": "assistant", ...}): its text
+            correction = _response(correction) if isinstance(correction, (dict, list)) else None
+        return storable_item(FeedbackItem(
             id=f"langfuse:{s.id}",
             source=self.name,
             messages=tuple(messages),
@@ -150,19 +175,19 @@ class LangfuseSource:
             timestamp=utc_iso(s.timestamp),
             score=score,
             rating=rating,
-            correction=str(correction) if correction not in (None, "") else None,
+            correction=correction if correction and correction.strip() else None,
             comment=s.comment or None,
             user=str(user) if user is not None else None,
             tenant=str(meta.get("tenant") or self.tenant),
             metadata={
                 "score_name": s.name,
                 "score_value": s.value,
-                "data_type": kind,
+                "data_type": s.data_type,
                 "trace_id": trace_id,
                 "observation_id": obs.id,
                 "score_source": str(s.source),
             },
-        )
+        ))
 
     def _skip(self, reason: str) -> None:
         self.last_skipped[reason] = self.last_skipped.get(reason, 0) + 1

@@ -35,7 +35,13 @@ keep the id `langsmith:<run id>:<feedback id>` and the store keeps the first.
 
 Skipped, counted by reason in `last_skipped`: feedback without a run, on a
 child run (only root runs are the conversation a user saw), on a run outside
-the project, or on a run without outputs. The watermark still moves past them.
+the project, or on a run without outputs; a score outside 0..5; runs whose
+inputs or outputs hold no text, a message role the training data cannot
+hold (not system/user/assistant/tool), JSON nested too deeply to read, or a
+timestamp with no UTC equivalent. The watermark still moves past them.
+Empty messages are dropped from the conversation, and lone surrogates
+(half an emoji, from a JSON escape) become U+FFFD, so every item returned
+can be stored and becomes a valid training row.
 
 Errors: connection errors, timeouts, 408/429/5xx raise `TransientError` (after
 the SDK's own `max_retries` urllib3 retries); 401/403 raise `UserError` naming
@@ -52,9 +58,10 @@ import warnings
 from datetime import timedelta
 from typing import Any
 
+from tuneloop.data.validate import ROLES as _TRAINABLE_ROLES
 from tuneloop.errors import TransientError, TuneloopError, UserError
 from tuneloop.feedback import watermark as wm
-from tuneloop.feedback.items import FeedbackItem, utc_iso
+from tuneloop.feedback.items import FeedbackItem, storable_item, utc_iso
 
 _RUN_ID_CHUNK = 100  # run ids per POST /runs/query
 _BOUNDARY_MARGIN = timedelta(seconds=1)
@@ -160,7 +167,7 @@ class LangSmithSource:
 
         params: dict[str, Any] = {"session": [project_id]}
         if window_from is not None:
-            params["min_created_at"] = (window_from - _BOUNDARY_MARGIN).isoformat()
+            params["min_created_at"] = wm.minus(window_from, _BOUNDARY_MARGIN.total_seconds()).isoformat()
         # by id: offset pages over a list that grows while paging can repeat an entry
         feedback = list({
             str(f.id): f for f in client.list_feedback(
@@ -205,22 +212,40 @@ class LangSmithSource:
             return self._skip("run is not a root run of the project")
         if not run.outputs:
             return self._skip("run has no outputs")
+        score = _score(f.score)  # 0-1 is a score; above 1 (up to 5) a star rating, as in the Langfuse source
+        if score is not None and not 0.0 <= score <= 5.0:
+            return self._skip("score outside 0..1 (score) and 1..5 (rating)")
+        try:
+            return self._build(f, run, score)
+        except RecursionError:  # JSON nested hundreds of levels deep
+            return self._skip("run inputs or outputs nested too deeply to read")
+        except OverflowError:  # 0001-01-01T00:00:00+01:00 has no UTC equivalent
+            return self._skip("timestamp outside the years 1-9999 in UTC")
 
-        extra = run.extra or {}
-        md = extra.get("metadata") or {}
+    def _build(self, f, run, score: float | None) -> FeedbackItem | None:
+        # what the dataset builder writes must pass the training-data rules: known roles, no empty turns
+        messages = tuple(m for m in messages_from_inputs(run.inputs or {}) if m["content"].strip())
+        if not messages:
+            return self._skip("run inputs hold no text")
+        if any(m["role"] not in _TRAINABLE_ROLES for m in messages):
+            return self._skip("a message role is not system, user, assistant or tool")
+        response = response_from_outputs(run.outputs)
+        if not response.strip():
+            return self._skip("run outputs hold no text")
+        extra = run.extra if isinstance(run.extra, dict) else {}
+        md = extra.get("metadata") if isinstance(extra.get("metadata"), dict) else {}
         user = md.get("user_id") or md.get("user") or extra.get("user_id") or extra.get("user")
         correction = _correction(f.correction)
         source_type = getattr(getattr(f, "feedback_source", None), "type", None)
-        score = _score(f.score)  # 0-1 is a score; above 1 (up to 5) a star rating, as in the Langfuse source
-        return FeedbackItem(
+        return storable_item(FeedbackItem(
             id=f"langsmith:{run.id}:{f.id}",
             source=self.name,
-            messages=tuple(messages_from_inputs(run.inputs or {})),
-            response=response_from_outputs(run.outputs),
+            messages=messages,
+            response=response,
             timestamp=utc_iso(f.created_at),
             score=score if score is None or score <= 1 else None,
             rating=score if score is not None and 1 < score <= 5 else None,
-            correction=correction,
+            correction=correction if correction and correction.strip() else None,
             comment=f.comment or None,
             user=str(user) if user not in (None, "") else None,
             tenant=str(md.get("tenant") or self.tenant),
@@ -235,7 +260,7 @@ class LangSmithSource:
                 "run_name": run.name,
                 "run_start_time": utc_iso(run.start_time),
             },
-        )
+        ))
 
     def _skip(self, reason: str) -> None:
         self.last_skipped[reason] = self.last_skipped.get(reason, 0) + 1

@@ -17,6 +17,27 @@ from tuneloop.feedback.items import FeedbackItem
 from tuneloop.fsutil import atomic_write_text, locked
 
 
+def _without_secrets(item: FeedbackItem) -> FeedbackItem:
+    """The item with API keys and tokens (provider-shaped, or the value of a secret environment variable)
+    replaced by [API_KEY] in every text field: a key a user pasted is never stored. Other personal data is
+    redacted, and counted, when a dataset is built (feedback/build.py)."""
+    from dataclasses import replace
+
+    from tuneloop.safety import scrub
+
+    def clean(v):
+        if isinstance(v, str):
+            return scrub(v, placeholder="[API_KEY]")
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return type(v)(clean(x) for x in v)
+        return v
+
+    return replace(item, messages=clean(item.messages), response=clean(item.response),
+                   correction=clean(item.correction), comment=clean(item.comment), metadata=clean(item.metadata))
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:120]
 
@@ -46,7 +67,7 @@ class FeedbackStore:
         return {i.id for i in self.items()}
 
     def add(self, items: list[FeedbackItem]) -> list[FeedbackItem]:
-        """Append the items not seen before; returns exactly those."""
+        """Append the items not seen before, secrets scrubbed (`_without_secrets`); returns exactly those."""
         with self._lock():
             seen = self.ids()
             new, batch = [], set()
@@ -54,7 +75,7 @@ class FeedbackStore:
                 if it.id in seen or it.id in batch:
                     continue
                 batch.add(it.id)
-                new.append(it)
+                new.append(_without_secrets(it))
             if new:
                 self._truncate_torn_tail()
                 with self.ledger.open("a", encoding="utf-8") as fh:

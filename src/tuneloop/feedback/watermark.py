@@ -19,6 +19,15 @@ def aware(ts: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
+def minus(ts: datetime, seconds: float) -> datetime:
+    """`ts` less `seconds`, or the earliest time `ts`'s zone can write when that is earlier (a server may
+    send year 1: 0001-01-01T00:00:00+01:00 less a minute has no datetime)."""
+    try:
+        return ts - timedelta(seconds=seconds)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=ts.tzinfo)
+
+
 def parse_ts(s: str) -> datetime:
     return aware(datetime.fromisoformat(s.replace("Z", "+00:00")))
 
@@ -27,7 +36,7 @@ def start(watermark: dict | None, lookback_s: float) -> tuple[datetime | None, s
     """(since, ids already seen, the time to query from)."""
     since = parse_ts(watermark["since"]) if watermark and watermark.get("since") else None
     seen = set(watermark.get("seen_at_since", ())) if watermark else set()
-    return since, seen, (since - timedelta(seconds=lookback_s) if since else None)
+    return since, seen, (minus(since, lookback_s) if since else None)
 
 
 def advance(watermark: dict | None, since: datetime | None, seen: set[str],
@@ -39,7 +48,7 @@ def advance(watermark: dict | None, since: datetime | None, seen: set[str],
         newest = since
     if newest is None:
         return dict(watermark or {})
-    window = newest - timedelta(seconds=lookback_s)
+    window = minus(newest, lookback_s)
     new_seen = {i for i, t in stamps if t >= window}
     if since is not None and since >= window:
         new_seen |= seen  # ids at `since` the server no longer lists (deleted) stay harmlessly

@@ -18,6 +18,7 @@ load (`adapter_for`); on S3 they are downloaded into a local cache under the sta
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,8 +28,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from tuneloop.errors import ChecksumError, ConflictError, NotFoundError, RefusedError, RegistryError, UnsafeFileError
+from tuneloop.errors import (ChecksumError, ConflictError, NotFoundError, RefusedError, RegistryError,
+                             TransientError, UnsafeFileError)
 from tuneloop.fsutil import publish_dir, staging_dir
+from tuneloop.registry import audit
 from tuneloop.registry.integrity import check_folder, manifest_files, unsafe_files
 from tuneloop.registry.query import STATUSES, check_tag_key, deleted_node, lineage_node, matching
 
@@ -41,6 +44,18 @@ _VID = re.compile(r"v[1-9]\d*")
 _VERSION_KEY = re.compile(r"versions/(v[1-9]\d*)/(.+)")
 _UNSET = object()  # "no expectation": distinct from None, which expects an alias to be unset
 _CAS_ATTEMPTS = 50
+
+
+def idempotency_key(adapter_dir: str | Path, dataset_version: str, spec: dict | None = None) -> str:
+    """What makes two registrations the same version: the adapter's bytes, its dataset and its spec."""
+    import hashlib
+
+    from tuneloop.fsutil import sha256_file
+
+    adapter_dir = Path(adapter_dir)
+    files = sorted((p.relative_to(adapter_dir).as_posix(), sha256_file(p))
+                   for p in adapter_dir.rglob("*") if p.is_file())
+    return hashlib.sha256(json.dumps([files, dataset_version, spec], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _now() -> str:
@@ -192,10 +207,20 @@ class Registry:
                             "(too many concurrent writers); retry")
 
     def create_version(self, adapter_dir: str | Path, *, base_model: str, dataset_version: str,
-                       parent_version: str | None, spec: dict, metrics: dict, extra: dict | None = None) -> Version:
+                       parent_version: str | None, spec: dict, metrics: dict, extra: dict | None = None,
+                       idempotency_key: str | None = None) -> Version:
         """Upload the adapter's files, then publish the manifest (create-only): the version appears whole
-        or not at all. Refuses folders without adapter_config.json or with pickle-based weights."""
+        or not at all. Refuses folders without adapter_config.json or with pickle-based weights.
+
+        With `idempotency_key`, a version whose manifest already carries the key is returned instead of
+        adding a new one: a run retried after a crash past its registry write registers nothing twice
+        (the manifest is the commit point, so the key is seen exactly when the version is complete)."""
         adapter_dir = Path(adapter_dir)
+        if idempotency_key is not None:
+            for vid in reversed(self.ids()):
+                manifest = self._manifest(vid)
+                if manifest is not None and manifest.get("idempotency_key") == idempotency_key:
+                    return self._version(vid, manifest)
         if not (adapter_dir / "adapter_config.json").exists():
             raise RegistryError(f"{adapter_dir} holds no adapter (adapter_config.json is missing)")
         sources = sorted(p for p in adapter_dir.rglob("*") if p.is_file())
@@ -215,7 +240,7 @@ class Registry:
                 files.append({"path": rel, "sha256": self.store.put_file(written[-1], p), "bytes": size})
             manifest = {"id": vid, "base_model": base_model, "files": files, "dataset_version": dataset_version,
                         "parent_version": parent_version, "spec": spec, "metrics": metrics, "created_at": _now(),
-                        **(extra or {})}
+                        **(extra or {}), **({"idempotency_key": idempotency_key} if idempotency_key else {})}
             body = _dumps(manifest)
             self.store.put(key, body, if_none_match=True)
         except BaseException as err:
@@ -227,15 +252,46 @@ class Registry:
                 raise err from None
             if landed is not None:
                 if landed[0] == body and isinstance(err, Exception):
+                    self._audit("register", vid, manifest, base_model=base_model, dataset_version=dataset_version,
+                                parent_version=parent_version)
                     return self._version(vid, manifest)
                 raise
-            for k in [*written, f"claims/{vid}"]:  # not committed: remove what was written, free the id
+            # A write that timed out or lost its answer (TransientError) may still be applied later. If it is the
+            # commit, keep its files: a late manifest then shows a whole version. Either way keep the claim, so a
+            # late write never lands inside another writer's version (the files, without a manifest, stay unseen).
+            doubt = isinstance(err, TransientError)
+            if doubt and body is not None:
+                raise
+            for k in [*written, *([] if doubt else [f"claims/{vid}"])]:  # not committed: remove what was written
                 try:
                     self.store.delete(k)
                 except Exception:  # noqa: BLE001 - best effort; leftovers without a manifest are invisible
                     pass
             raise
+        self._audit("register", vid, manifest, base_model=base_model, dataset_version=dataset_version,
+                    parent_version=parent_version)
         return self._version(vid, manifest)
+
+    # -- audit -----------------------------------------------------------------
+    def _audit(self, action: str, vid: str | None, manifest: dict | None = None, **details) -> None:
+        """Write the audit entry of a change that has happened. The change is not undone if the entry
+        cannot be written (the store's retries are spent): that is logged loudly instead, since raising
+        here would make a caller retry a change that already took effect."""
+        try:
+            tenant = (manifest or (self._manifest(vid) if vid else None) or {}).get("tenant")
+            audit.record(self.store, action, vid, tenant, **details)
+        except TransientError as e:
+            logging.getLogger("tuneloop.registry").error(
+                f"AUDIT ENTRY LOST: {action} {vid or ''} happened but its audit entry could not be written: {e}")
+
+    def audit_log(self, version: str | None = None, action: str | None = None, limit: int | None = None) -> list[dict]:
+        """Who registered, promoted, rejected, moved an alias, deleted, switched or rolled back what, and when."""
+        return audit.read(self.store, version=version, action=action, limit=limit)
+
+    def record_event(self, action: str, ref: str | None, **details) -> None:
+        """Audit something done outside the registry to one of its versions (a serving switch or rollback)."""
+        vid = self.resolve(ref) if ref else None
+        self._audit(action, vid, **details)
 
     def set_status(self, ref: str, status: str, reason: str, **details) -> None:
         vid = self.resolve(ref)
@@ -277,6 +333,7 @@ class Registry:
             return doc
 
         self._swap(ALIASES_KEY, change)
+        self._audit("alias", vid, alias=alias, previous=expected if expected is not _UNSET else None)
 
     def record_decision(self, ref: str, decision: dict, expected_champion=_UNSET) -> None:
         """Apply a gate decision: the winner becomes champion, a loser is kept as rejected with its reason.
@@ -289,6 +346,7 @@ class Registry:
         if not decision["promote"]:
             self.set_status(vid, "rejected", decision["reason"], decision=decision)
             self._swap(ALIASES_KEY, lambda doc: {k: v for k, v in doc.items() if not (k == "challenger" and v == vid)})
+            self._audit("reject", vid, reason=decision["reason"])
             return
 
         def change(doc: dict) -> dict:
@@ -308,6 +366,7 @@ class Registry:
                         replaced=previous if previous != vid else None)
         if previous and previous != vid:
             self.set_status(previous, "retired", f"replaced by {vid}")
+        self._audit("promote", vid, reason=decision["reason"], replaced=previous if previous != vid else None)
 
     def tag(self, ref: str, tags: dict | None = None, remove=()) -> dict:
         """Add or change tags and remove others, by compare-and-swap on the version's tags.json; returns them."""
@@ -339,6 +398,7 @@ class Registry:
             raise ConflictError(f"{' and '.join(holders)} moved to {vid} while deleting it; nothing was deleted")
         for key in self.store.list(f"versions/{vid}/"):
             self.store.delete(key)
+        self._audit("delete", vid, manifest)
         if self.store.local_path("versions") is None and self.cache_dir is not None:
             shutil.rmtree(self.cache_dir / vid, ignore_errors=True)
 

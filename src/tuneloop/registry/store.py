@@ -18,6 +18,7 @@ An etag is opaque to callers: sha256 of the content here, the S3 ETag there.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tuneloop.errors import ConflictError, RegistryError
 from tuneloop.fsutil import atomic_write, locked
 
 CHUNK = 1 << 20
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a full quota, a file size limit
 
 
 def check_key(key: str) -> str:
@@ -43,7 +45,12 @@ class LocalStore:
         self.url = str(self.root)
 
     def local_path(self, key: str) -> Path:
-        return self.root / check_key(key)
+        path = self.root / check_key(key)
+        if path.is_symlink() or any(p.is_symlink() for p in path.parents if self.root in p.parents):
+            # a symlink inside the store could lead a read or a write anywhere on the machine
+            raise RegistryError(f"refusing {key!r} in {self.root}: it passes through a symlink; the registry "
+                                "holds plain files and folders only. Fix: replace the link with the files")
+        return path
 
     def get(self, key: str) -> tuple[bytes, str] | None:
         try:
@@ -122,4 +129,15 @@ class LocalStore:
 
     @staticmethod
     def _replace(path: Path, write) -> None:
-        atomic_write(path, write)
+        """atomic_write, with a full disk (or a file size limit) as a clear RegistryError: the temp file is
+        gone, `path` is untouched."""
+        try:
+            atomic_write(path, write)
+        except OSError as e:
+            if e.errno not in _NO_ROOM:
+                raise
+            raise RegistryError(
+                f"cannot write {path}: {e.strerror} ({errno.errorcode[e.errno]}). Nothing was left half-written "
+                f"({path.name} is unchanged, its temp file removed). Fix: free space on the disk holding "
+                f"{path.parent} (`df -h {path.parent}`; for EFBIG also check the file size limit, `ulimit -f`), "
+                "then retry") from e

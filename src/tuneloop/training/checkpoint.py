@@ -24,7 +24,9 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: d
     model.save_pretrained(tmp / "adapter")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate(),
+                "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, tmp / "rng.pt")
     atomic_write_text(tmp / "state.json", json.dumps(state))
     if not publish_dir(tmp, final):  # the same step was already saved by an earlier attempt
@@ -41,18 +43,33 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in ckpts.iterdir() if p.name.startswith("step-") and (p / "state.json").exists())
 
 
+def _load(path: Path):
+    """torch.load with weights_only=True: tensors and plain containers, never arbitrary pickled objects."""
+    import pickle
+
+    from tuneloop.errors import UserError
+
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(str(path), f"holds objects other than tensors and plain values ({e}); tuneloop loads "
+                        "checkpoints with weights_only=True", "delete this checkpoint folder (it was not written by "
+                        "this version of tuneloop) and train again") from None
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     weights = load_file(str(path / "adapter" / "adapter_model.safetensors"))
     set_peft_model_state_dict(model, weights)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng = torch.load(path / "rng.pt", weights_only=False)
+    optimizer.load_state_dict(_load(path / "optimizer.pt"))
+    scheduler.load_state_dict(_load(path / "scheduler.pt"))
+    rng = _load(path / "rng.pt")
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if rng.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return json.loads((path / "state.json").read_text())

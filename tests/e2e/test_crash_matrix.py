@@ -1,0 +1,233 @@
+"""Crash anywhere: the flow-run process is SIGKILLed at each stage of `retrain` and `promote` (a crash point,
+tuneloop.faults), on a real Prefect server and process worker. The worker marks the run Crashed, the shipped
+`retry-crashed-runs` automation (deployments/automations.yaml) reschedules the same flow run, and the retry
+completes. After every case: no duplicate or half-written registry version, aliases point at complete
+versions, training resumed from its checkpoint, serving kept answering."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from conftest import ROOT
+from e2e.procs import BIN, free_port, run_cli, start, stop, wait_healthy
+
+pytestmark = pytest.mark.slow
+RETRAIN_POINTS = ["validate", "mid-training", "mid-evaluation", "registry-written"]
+
+
+class Stack:
+    """A Prefect server, the cpu-pool with a process worker, the retrain and promote deployments, and the
+    shipped automations."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.port = tmp, free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+        self.env |= {"PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_API_URL": self.api,
+                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TUNELOOP_PROJECT_DIR": str(ROOT),
+                     "PREFECT_LOGGING_LEVEL": "INFO", "PREFECT_WORKER_QUERY_SECONDS": "1",
+                     "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
+        self.server = self.worker = None
+
+    def __enter__(self):
+        config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+        deps = [d for d in config["deployments"] if d["name"] in ("retrain", "promote")]
+        for d in deps:
+            d.pop("schedules", None), d.pop("triggers", None)
+        config["deployments"] = deps
+        self.prefect_file = self.tmp / "prefect.yaml"
+        self.prefect_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.server_log, self.worker_log = self.tmp / "server.log", self.tmp / "worker.log"
+        self.start_server()
+        run_cli(["work-pool", "create", "cpu-pool", "--type", "process"], self.env, ROOT)
+        run_cli(["--no-prompt", "deploy", "--all", "--prefect-file", str(self.prefect_file)], self.env, ROOT)
+        run_cli(["automation", "create", "--from-file", str(ROOT / "deployments" / "automations.yaml")],
+                self.env, ROOT)
+        self.worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "cpu-pool", "--type", "process"],
+                            self.worker_log, self.env, ROOT)
+        return self
+
+    def start_server(self):
+        server_env = {k: v for k, v in self.env.items() if k != "PREFECT_API_URL"}
+        self.server = start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                             str(self.port)], self.server_log, server_env, self.tmp)
+        wait_healthy(self.api, self.server, self.server_log)
+
+    def kill_server(self):
+        os.killpg(self.server.pid, signal.SIGKILL)
+        self.server.wait(timeout=30)
+
+    def __exit__(self, *exc):
+        if self.worker is not None:
+            stop(self.worker)
+        if self.server is not None:
+            stop(self.server)
+
+    def run(self, deployment: str, spec: dict, env: dict) -> str:
+        dep = httpx.get(f"{self.api}/deployments/name/{deployment}").json()
+        r = httpx.post(f"{self.api}/deployments/{dep['id']}/create_flow_run",
+                       json={"parameters": {"spec": spec}, "job_variables": {"env": env}})
+        r.raise_for_status()
+        return r.json()["id"]
+
+    def wait_final(self, run_id: str, timeout: float = 420) -> dict:
+        run = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                run = httpx.get(f"{self.api}/flow_runs/{run_id}").json()
+            except httpx.HTTPError:  # the server is restarting
+                time.sleep(1)
+                continue
+            if run["state_type"] in ("COMPLETED", "FAILED", "CANCELLED"):
+                return run
+            time.sleep(1)
+        pytest.fail(f"flow run {run_id} not final in {timeout:.0f} s: {run['state_type']}\n"
+                    f"{self.worker_log.read_text()[-5000:]}")
+
+    def states(self, run_id: str) -> list[str]:
+        r = httpx.get(f"{self.api}/flow_run_states/", params={"flow_run_id": run_id})
+        return [s["type"] for s in sorted(r.json(), key=lambda s: s["timestamp"])]
+
+    def logs(self, run_id: str) -> list[str]:
+        r = httpx.post(f"{self.api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
+                                                        "limit": 200})
+        return [lg["message"] for lg in r.json()]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_base):
+    with Stack(tmp_path_factory.mktemp("crash")) as s:
+        yield s
+
+
+def assert_registry_consistent(state: Path, expected_versions: int) -> dict:
+    from tuneloop.registry import Registry
+    from tuneloop.registry.store import LocalStore
+
+    reg = Registry(LocalStore(state / "registry"))
+    versions = reg.list()
+    assert len(versions) == expected_versions, [v.id for v in versions]  # no duplicate, none lost
+    for v in versions:
+        assert reg.verify(v.id) == [], f"{v.id} is not whole"  # every listed file present, sha256 equal
+    keys = [v.manifest["idempotency_key"] for v in versions if v.manifest.get("idempotency_key")]
+    assert len(set(keys)) == len(keys), "the same adapter was registered twice"
+    ids = {v.id for v in versions}
+    assert all(vid in ids for vid in reg.aliases().values()), reg.aliases()  # aliases at complete versions
+    return reg.aliases()
+
+
+def test_retrain_killed_at_each_stage_completes_on_retry(stack, demo_files, tmp_path):
+    state = tmp_path / "state"
+    matrix = []
+    for i, point in enumerate(RETRAIN_POINTS):
+        mark = tmp_path / f"crashed-{point}"
+        spec = {"data": str(demo_files["feedback"]), "eval_data": str(demo_files["heldout"]), "tenant": "demo",
+                "training": {"epochs": 1, "max_steps": 4, "save_every": 2, "batch_size": 8,
+                             "gradient_accumulation": 1, "rank": 4, "alpha": 8, "seed": i},
+                "evaluation": {"max_items": 8, "max_new_tokens": 4}}
+        if point == "registry-written":  # the demo preset's training: good enough to be promoted
+            preset = yaml.safe_load((ROOT / "src" / "tuneloop" / "assets" / "demo-preset.yaml").read_text())
+            spec |= {"training": preset["training"] | {"max_steps": 60, "save_every": 30},
+                     "evaluation": {"max_items": 40, "max_new_tokens": 8}}
+        run_id = stack.run("retrain/retrain", spec, {"TUNELOOP_STATE_DIR": str(state), "TUNELOOP_CRASH_AT": point,
+                                                      "TUNELOOP_CRASH_MARK": str(mark)})
+        run = stack.wait_final(run_id)
+        states = stack.states(run_id)
+        assert mark.exists(), f"the crash point {point} was never reached: {states}"
+        assert run["state_type"] == "COMPLETED", f"{point}: {states}\n{stack.worker_log.read_text()[-5000:]}"
+        assert "CRASHED" in states and run["run_count"] >= 2, states  # killed, rescheduled, run again
+        aliases = assert_registry_consistent(state, expected_versions=i + 1)
+        if point == "registry-written":  # the retry reused the version the killed run wrote, then promoted it
+            assert aliases.get("champion") == f"v{i + 1}", (aliases, stack.logs(run_id)[-5:])
+        logs = stack.logs(run_id)
+        if point == "mid-training":
+            assert any(m.startswith("resuming from step-") for m in logs), logs  # from the checkpoint
+        matrix.append((point, states, aliases))
+    print("\ncrash matrix (retrain):")
+    for point, states, aliases in matrix:
+        print(f"  {point:18} {' -> '.join(states)}  aliases {aliases}")
+
+
+def test_promote_killed_after_the_switch_finishes_on_retry_while_serving_answers(
+        stack, make_server, registry, state_dir, demo_files, tmp_path):
+    srv = make_server("v1")
+    registry.set_alias("production", "v1")
+    failures, answered = [], [0]
+    stop_traffic = threading.Event()
+
+    def traffic():
+        while not stop_traffic.is_set():
+            try:
+                r = httpx.post(srv.url + "/v1/chat/completions", timeout=30, json={
+                    "model": "tuneloop", "max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]})
+                if r.status_code != 200:
+                    failures.append(r.status_code)
+                answered[0] += 1
+            except httpx.HTTPError as e:
+                failures.append(repr(e))
+            time.sleep(0.05)
+
+    t = threading.Thread(target=traffic, daemon=True)
+    t.start()
+    mark = tmp_path / "crashed-promote"
+    spec = {"server": srv.url, "version": "v2", "mode": "blue-green", "smoke": str(demo_files["heldout"]),
+            "smoke_items": 12, "probe_items": 4, "watch_seconds": 1.0}
+    try:
+        run_id = stack.run("promote/promote", spec, {"TUNELOOP_STATE_DIR": str(state_dir),
+                                                     "TUNELOOP_CRASH_AT": "promote-switched",
+                                                     "TUNELOOP_CRASH_MARK": str(mark)})
+        run = stack.wait_final(run_id)
+    finally:
+        stop_traffic.set()
+        t.join(30)
+    states = stack.states(run_id)
+    assert mark.exists() and "CRASHED" in states and run["state_type"] == "COMPLETED", states
+    status = httpx.get(srv.url + "/admin/status").json()
+    assert status["slots"][status["live"]]["version"] == "v2"
+    aliases = assert_registry_consistent(state_dir, expected_versions=3)
+    assert aliases["production"] == "v2"  # the retry finished the alias move the killed run never made
+    assert not failures and answered[0] > 10, failures  # serving kept answering through crash and retry
+    actions = [(e["action"], e["version"]) for e in registry.audit_log() if e["action"] in ("switch", "alias")]
+    assert ("switch", "v2") in actions and ("alias", "v2") in actions
+    print(f"\ncrash matrix (promote): promote-switched {' -> '.join(states)}; {answered[0]} requests, 0 failed")
+
+
+def test_a_prefect_server_restart_mid_run_ends_in_a_retried_state_and_the_retry_completes(
+        stack, demo_files, tmp_path):
+    """The server dies while a retrain is training and comes back 15 s later with its database. The run's
+    process cannot report (client retries off in this run, as in an outage longer than they cover), so it
+    is left Running with no process: the crash-zombie-runs automation marks it Crashed when its heartbeats
+    stop, retry-crashed-runs reschedules it, and the retry resumes from the checkpoint and completes."""
+    state = tmp_path / "state"
+    spec = {"data": str(demo_files["feedback"]), "eval_data": str(demo_files["heldout"]), "tenant": "demo",
+            "training": {"epochs": 1, "max_steps": 40, "save_every": 2, "batch_size": 8,
+                         "gradient_accumulation": 1, "rank": 4, "alpha": 8, "seed": 99},
+            "evaluation": {"max_items": 8, "max_new_tokens": 4}}
+    run_id = stack.run("retrain/retrain", spec, {"TUNELOOP_STATE_DIR": str(state), "PREFECT_CLIENT_MAX_RETRIES": "0"})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait until it trains, with a checkpoint on disk
+        if list((state / "runs").glob("run-*/checkpoints/step-*")) if (state / "runs").exists() else []:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"training never checkpointed\n{stack.worker_log.read_text()[-4000:]}")
+    stack.kill_server()
+    time.sleep(15)
+    stack.start_server()
+    run = stack.wait_final(run_id, timeout=600)
+    states = stack.states(run_id)
+    assert run["state_type"] == "COMPLETED", f"{states}\n{stack.worker_log.read_text()[-5000:]}"
+    assert "CRASHED" in states and run["run_count"] >= 2, states
+    assert any(m.startswith("resuming from step-") for m in stack.logs(run_id))
+    assert_registry_consistent(state, expected_versions=1)
+    print(f"\nserver restart mid-run: {' -> '.join(states)}")
