@@ -201,33 +201,3 @@ def test_promote_killed_after_the_switch_finishes_on_retry_while_serving_answers
     assert ("switch", "v2") in actions and ("alias", "v2") in actions
     print(f"\ncrash matrix (promote): promote-switched {' -> '.join(states)}; {answered[0]} requests, 0 failed")
 
-
-def test_a_prefect_server_restart_mid_run_ends_in_a_retried_state_and_the_retry_completes(
-        stack, demo_files, tmp_path):
-    """The server dies while a retrain is training and comes back 15 s later with its database. The run's
-    process cannot report (client retries off in this run, as in an outage longer than they cover), so it
-    is left Running with no process: the crash-zombie-runs automation marks it Crashed when its heartbeats
-    stop, retry-crashed-runs reschedules it, and the retry resumes from the checkpoint and completes."""
-    state = tmp_path / "state"
-    spec = {"data": str(demo_files["feedback"]), "eval_data": str(demo_files["heldout"]), "tenant": "demo",
-            "training": {"epochs": 1, "max_steps": 40, "save_every": 2, "batch_size": 8,
-                         "gradient_accumulation": 1, "rank": 4, "alpha": 8, "seed": 99},
-            "evaluation": {"max_items": 8, "max_new_tokens": 4}}
-    run_id = stack.run("retrain/retrain", spec, {"TUNELOOP_STATE_DIR": str(state), "PREFECT_CLIENT_MAX_RETRIES": "0"})
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # wait until it trains, with a checkpoint on disk
-        if list((state / "runs").glob("run-*/checkpoints/step-*")) if (state / "runs").exists() else []:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"training never checkpointed\n{stack.worker_log.read_text()[-4000:]}")
-    stack.kill_server()
-    time.sleep(15)
-    stack.start_server()
-    run = stack.wait_final(run_id, timeout=600)
-    states = stack.states(run_id)
-    assert run["state_type"] == "COMPLETED", f"{states}\n{stack.worker_log.read_text()[-5000:]}"
-    assert "CRASHED" in states and run["run_count"] >= 2, states
-    assert any(m.startswith("resuming from step-") for m in stack.logs(run_id))
-    assert_registry_consistent(state, expected_versions=1)
-    print(f"\nserver restart mid-run: {' -> '.join(states)}")
