@@ -29,9 +29,13 @@ MIN_SECRET_LEN = 8
 REDACTED = "[REDACTED]"
 
 
+def is_safe_name(value) -> bool:
+    return isinstance(value, str) and bool(_NAME.fullmatch(value)) and ".." not in value
+
+
 def safe_name(value: str, what: str = "name") -> str:
     """`value` if it is a safe name, else a UserError naming the rule and the fix."""
-    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+    if not is_safe_name(value):
         raise UserError(repr(value), f"is not a valid {what}: use 1-64 letters, digits, '.', '_' or '-', "
                         "starting with a letter or digit (no '/', no '..')",
                         f"rename it, e.g. {re.sub(r'[^A-Za-z0-9._-]+', '-', str(value)).strip('.-')[:64] or 'team-a'!r}")

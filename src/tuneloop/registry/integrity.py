@@ -6,8 +6,7 @@ from pathlib import Path, PurePosixPath
 
 from tuneloop.errors import ChecksumError, RegistryError, UnsafeFileError
 from tuneloop.fsutil import sha256_file
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")  # torch.load / pickle: loading them can run code
+from tuneloop.safety import PICKLE_SUFFIXES  # torch.load / pickle: loading them can run code
 
 
 def unsafe_files(paths) -> list[str]:

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.errors import UserError
+from tuneloop.safety import is_safe_name
 
 ROLES = ("user", "admin")
-TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 KEYS_ENV = "TUNELOOP_SERVE_KEYS"
 
@@ -115,9 +115,9 @@ class KeyRing:
                 raise UserError(f"{at}.sha256", "must be 64 hexadecimal digits (the key's sha256)",
                                 "write the output of `printf %s KEY | sha256sum`")
             tenant = e.get("tenant")
-            if not isinstance(tenant, str) or not TENANT_NAME.fullmatch(tenant):
+            if not is_safe_name(tenant):
                 raise UserError(f"{at}.tenant={tenant!r}", "a tenant is 1-64 letters, digits, '_', '.' or '-', "
-                                "starting with a letter or digit", "name the tenant, e.g. `tenant: acme`")
+                                "starting with a letter or digit, with no '..'", "name the tenant, e.g. `tenant: acme`")
             role = e.get("role")
             if role not in ROLES:
                 raise UserError(f"{at}.role={role!r}", f"a role is one of {', '.join(ROLES)}",
@@ -148,7 +148,7 @@ class KeyRing:
 
 def main(argv: list[str]) -> int:
     """Print a new random key and the keys-file entry that stores its sha256."""
-    if len(argv) != 2 or argv[1] not in ROLES or not TENANT_NAME.fullmatch(argv[0]):
+    if len(argv) != 2 or argv[1] not in ROLES or not is_safe_name(argv[0]):
         print("usage: python -m tuneloop.serving.keys TENANT user|admin", file=sys.stderr)
         return 2
     key = "tl-" + secrets.token_urlsafe(32)

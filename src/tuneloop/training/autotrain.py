@@ -35,6 +35,7 @@ import httpx
 from tuneloop.data.validate import Row
 from tuneloop.errors import TuneloopError, UnsafeFileError, UserError
 from tuneloop.fsutil import atomic_write_text, publish_dir, staging_dir
+from tuneloop.safety import PICKLE_SUFFIXES
 from tuneloop.specs import TrainingSpec
 from tuneloop.training.http import ServiceClient
 from tuneloop.training.jobs import Job, JobError, JobEvent, JobFailed
@@ -44,7 +45,6 @@ from tuneloop.training.trainers import (
 
 WHERE = "AutoTrain"
 ALLOWED_SUFFIXES = (".safetensors", ".json", ".md", ".txt")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 FIELD_FIXES = {
     "base_model": "pass a base model id or path the service can load as base_model",
     "params": "check the training spec: the service rejected one of its values",
