@@ -66,6 +66,14 @@ class Tally:
                 f"[{took:.1f} s]")
 
 
+def finish(tally: Tally, fuzz_report) -> None:
+    """What every surface asserts once its inputs have run, then its line in the fuzz report."""
+    assert tally.inputs >= EXAMPLES
+    assert tally.records == tally.accepted + tally.rejected
+    assert tally.accepted and tally.rejected  # both branches were exercised
+    fuzz_report(tally)
+
+
 # -- strategies ----------------------------------------------------------------
 # Hypothesis spends ~35 us a draw (one_of ~70 us, a text ~50 us) and 40,000 inputs must fit in the
 # time budget, so most leaves come from fixed pools of nasty values (one draw each, simplest first so
