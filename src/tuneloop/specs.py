@@ -70,6 +70,11 @@ class TrainingSpec(_Spec):
     eval_every: int | None = Field(None, ge=1, description="validate every N steps; default once per epoch")
     early_stopping_patience: int | None = Field(3, ge=1, description="evaluations without improvement; null disables")
     seed: int = 42
+    packing: bool = Field(True, description="lay each micro-batch's examples end to end in rows, with no attention "
+                                            "across examples, instead of padding every example to the longest; "
+                                            "same loss, less compute on mixed lengths")
+    group_by_length: bool = Field(True, description="without packing: batch examples of similar length together "
+                                                    "so padding stays small")
 
 
 

@@ -3,6 +3,13 @@
 Written by hand rather than through `transformers.Trainer` so that resume is
 exact: the data order of each epoch is a pure function of (seed, epoch), and
 every other piece of state lives in the checkpoint.
+
+Where the time goes (see bench/mfu.py, bench/packing.py, bench/train_vs_trl.py):
+examples are packed into rows without attention across them (`packing.py`)
+instead of padded; the LM head runs only on the positions that have a target
+(the assistant tokens), not on every prompt token; the forward builds no KV
+cache; LoRA dropout draws its mask from 15-bit random integers (`FastDropout`)
+rather than `bernoulli_`, which cost as much as the projection it feeds.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from tuneloop.data.validate import Row
 from tuneloop.fsutil import atomic_write_text, publish_dir, staging_dir
 from tuneloop.specs import TrainingSpec
 from tuneloop.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from tuneloop.training.packing import collate as collate_batch
+from tuneloop.training.packing import enable_varlen_attention, epoch_batches, epoch_order  # noqa: F401
 
 
 @dataclass
@@ -68,45 +77,106 @@ def encode_rows(tok, rows: list[Row], max_len: int) -> list[tuple[list[int], lis
     for r in rows:
         ids, labels = encode_chat(tok, r.messages)
         ids, labels = ids[:max_len], labels[:max_len]
-        if any(lab != IGNORE for lab in labels):
+        if any(lab != IGNORE for lab in labels[1:]):  # the first token is never a target
             out.append((ids, labels))
     return out
 
 
-def collate(batch, pad_id: int, dev: str):
-    width = max(len(ids) for ids, _ in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, (x, y) in enumerate(batch):
-        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-    return ids.to(dev), labels.to(dev), mask.to(dev)
+_SCALED_HEAD = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 
 
-def token_loss_sum(model, ids, labels, mask) -> tuple[torch.Tensor, int]:
-    """Summed next-token loss over label tokens, and how many there were."""
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+def _backbone_and_head(model):
+    """(decoder, LM head) when the model's logits are exactly `head(decoder(...).last_hidden_state)`; else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    if any(getattr(cfg, a, None) is not None for a in _SCALED_HEAD):
+        return None
+    backbone, head = getattr(base, "base_model", None), base.get_output_embeddings()
+    if backbone is None or backbone is base or head is None:
+        return None
+    return backbone, head
+
+
+def token_loss_sum(model, ids, labels, mask=None, position_ids=None, **kwargs) -> tuple[torch.Tensor, int]:
+    """Summed next-token loss over label tokens, and how many there were.
+
+    The LM head (hidden x vocabulary) runs only at positions whose next token is a label; prompt
+    positions, a large share of every row, skip it. Models whose head scales its logits take the
+    full forward.
+    """
     target = labels[:, 1:]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                                             ignore_index=IGNORE, reduction="sum")
-    return loss, int((target != IGNORE).sum())
+    keep = target != IGNORE
+    parts = _backbone_and_head(model)
+    if parts is None:
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
+                       **kwargs).logits
+        logits, target = logits[:, :-1][keep], target[keep]
+    else:
+        backbone, head = parts
+        hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
+                          **kwargs).last_hidden_state
+        hidden, target = hidden[:, :-1][keep], target[keep]
+        logits = head(hidden.to(head.weight.dtype) if head.weight.is_floating_point() else hidden)
+    loss = torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum")
+    return loss, int(target.numel())
+
+
+def batch_loss(model, batch: dict, varlen: bool = False) -> tuple[torch.Tensor, int]:
+    """token_loss_sum of a collated batch; `varlen` when the model runs `varlen_attention` on one packed row."""
+    extra = {"segment_lengths": batch["segments"][0]} if varlen else {}
+    return token_loss_sum(model, batch["input_ids"], batch["labels"], batch.get("attention_mask"),
+                          batch.get("position_ids"), **extra)
 
 
 @torch.no_grad()
-def mean_loss(model, encoded, batch_size: int, pad_id: int) -> float:
+def mean_loss(model, encoded, batch_size: int, pad_id: int, packed: bool = False, varlen: bool = False) -> float:
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(encoded), batch_size):
-        loss, n = token_loss_sum(model, *collate(encoded[i: i + batch_size], pad_id, device()))
+        batch = collate_batch(encoded[i: i + batch_size], pad_id, device(), packed, one_row=varlen)
+        loss, n = batch_loss(model, batch, varlen)
         total, count = total + float(loss), count + n
     model.train(was_training)
     return total / max(count, 1)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+class FastDropout(torch.nn.Module):
+    """`nn.Dropout` for LoRA inputs with a cheaper mask: 15-bit random integers, four per 64-bit draw.
+
+    Drop probability is round(p * 32768) / 32768 (within 1.6e-5 of p); kept values are scaled by
+    1 / (1 - p) as nn.Dropout does. It draws from torch's global generator, which checkpoints save
+    and restore, so resume stays exact. In eval mode it is the identity.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+        self.threshold = round(self.p * 32768)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
+        keep = (bits.view(torch.int16)[:n].view(x.shape) & 0x7FFF) >= self.threshold
+        return x * (keep * (1.0 / (1.0 - self.p))).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def use_fast_dropout(model) -> int:
+    """Swap the LoRA layers' nn.Dropout for FastDropout; returns how many were swapped."""
+    swapped = 0
+    for module in model.modules():
+        drops = getattr(module, "lora_dropout", None)
+        if isinstance(drops, torch.nn.ModuleDict):
+            for name, d in list(drops.items()):
+                if isinstance(d, torch.nn.Dropout) and d.p > 0:
+                    drops[name] = FastDropout(d.p)
+                    swapped += 1
+    return swapped
 
 
 def _seed_all(seed: int) -> None:
@@ -135,6 +205,8 @@ def train_lora(
     _seed_all(spec.seed)
     tok = load_tokenizer(base_path)
     model = build_lora_model(base_path, spec)
+    use_fast_dropout(model)
+    varlen = spec.packing and enable_varlen_attention(model)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
@@ -142,6 +214,8 @@ def train_lora(
     val_enc = encode_rows(tok, val_rows, spec.max_seq_len)
     if not train_enc:
         raise ValueError("no training row has an assistant token within max_seq_len")
+    lengths = [len(ids) for ids, _ in train_enc]
+    targets = [sum(lab != IGNORE for lab in labels[1:]) for _, labels in train_enc]
 
     micro_per_epoch = math.ceil(len(train_enc) / spec.batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / spec.gradient_accumulation)
@@ -172,7 +246,9 @@ def train_lora(
     tb = SummaryWriter(str(run_dir / "tb"), purge_step=state["global_step"] or None)
     pad_id, dev = tok.pad_token_id, device()
     t0, tokens_at_start = time.perf_counter(), state["tokens"]
-    log(f"training {n_trainable:,} LoRA parameters on {len(train_enc)} rows: {total} steps "
+    layout = (("packed, per-example attention" if varlen else "packed, block mask") if spec.packing
+              else "padded, length-grouped" if spec.group_by_length else "padded")
+    log(f"training {n_trainable:,} LoRA parameters on {len(train_enc)} rows ({layout}): {total} steps "
         f"({steps_per_epoch}/epoch), warmup {warmup}, lr {spec.learning_rate}")
 
     def publish_best(step: int) -> None:
@@ -186,19 +262,20 @@ def train_lora(
 
     stopped_reason = None
     while state["global_step"] < total and not state["stopped_early"] and stopped_reason is None:
-        order = epoch_order(len(train_enc), spec.seed, state["epoch"])
-        micro = [order[i: i + spec.batch_size] for i in range(0, len(order), spec.batch_size)]
+        micro = epoch_batches(lengths, spec.batch_size, spec.seed, state["epoch"],
+                              group_by_length=spec.group_by_length and not spec.packing)
         while state["step_in_epoch"] < steps_per_epoch and state["global_step"] < total:
             s = state["step_in_epoch"]
-            group = [collate([train_enc[j] for j in mb], pad_id, dev)
-                     for mb in micro[s * spec.gradient_accumulation: (s + 1) * spec.gradient_accumulation]]
-            n_tokens = sum(int((labels[:, 1:] != IGNORE).sum()) for _, labels, _ in group)
-            step_loss = 0.0
-            for ids, labels, mask in group:
-                loss, _ = token_loss_sum(model, ids, labels, mask)
+            step_micro = micro[s * spec.gradient_accumulation: (s + 1) * spec.gradient_accumulation]
+            n_tokens = sum(targets[j] for mb in step_micro for j in mb)
+            summed = torch.zeros((), dtype=torch.float64, device=dev)
+            for mb in step_micro:
+                batch = collate_batch([train_enc[j] for j in mb], pad_id, dev, spec.packing, one_row=varlen)
+                loss, _ = batch_loss(model, batch, varlen)
                 (loss / n_tokens).backward()
-                step_loss += loss.item() / n_tokens
-                state["tokens"] += int(mask.sum())
+                summed += loss.detach()
+                state["tokens"] += sum(lengths[j] for j in mb)
+            step_loss = float(summed) / n_tokens
             torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -212,7 +289,7 @@ def train_lora(
             entry = {"step": step, "loss": step_loss}
 
             if val_enc and (step % eval_every == 0 or step == total):
-                val = mean_loss(model, val_enc, spec.batch_size * 2, pad_id)
+                val = mean_loss(model, val_enc, spec.batch_size * 2, pad_id, spec.packing, varlen)
                 tb.add_scalar("val/loss", val, step)
                 entry["val_loss"] = val
                 if state["best_val"] is None or val < state["best_val"]:
