@@ -179,6 +179,10 @@ def test_acc_norm_divides_by_bytes(monkeypatch):
     assert B.score_multiple_choice(None, None, [item], 8) == [{"acc": 0, "acc_norm": 1, "pred": 0, "pred_norm": 1}]
     monkeypatch.setattr(B, "loglikelihoods", lambda model, tok, reqs, bs: [(-3.0, False), (-3.0, False)])
     assert B.score_multiple_choice(None, None, [item], 8)[0]["pred"] == 0  # ties go to the first choice
+    # lm-eval's acc_norm: the choice's own length, not counting the space before it (-2/1 < -3.5/2)
+    item = {"id": "y", "context": "Q:", "choices": ["a", "bb"], "answer": 1}
+    monkeypatch.setattr(B, "loglikelihoods", lambda model, tok, reqs, bs: [(-2.0, False), (-3.5, False)])
+    assert B.score_multiple_choice(None, None, [item], 8)[0]["pred_norm"] == 1
 
 
 # --- scoring with the tiny model -----------------------------------------------------------------
@@ -200,7 +204,7 @@ def test_multiple_choice_matches_direct_log_probs(lm):
     for k, it in enumerate(items):
         conts = [B.continuation_for(it["context"], c) for c in it["choices"]]
         lls = [direct_loglikelihood(model, tok, it["context"], c)[0] for c in conts]
-        norm = [v / len(c.encode()) for v, c in zip(lls, conts)]
+        norm = [v / len(c) for v, c in zip(lls, it["choices"])]
         pred, pred_norm = lls.index(max(lls)), norm.index(max(norm))
         expect = {"acc": int(pred == it["answer"]), "acc_norm": int(pred_norm == it["answer"]), "pred": pred,
                   "pred_norm": pred_norm}

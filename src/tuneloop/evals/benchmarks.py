@@ -50,20 +50,31 @@ BOS token (or, without one, its EOS token) is prepended to every context.
 Sequences longer than the model's ``max_position_embeddings`` are cut on the
 left.
 
-Log-likelihoods at batch size 1 run one unpadded forward per request; at
-larger batch sizes a batch runs as one packed row with no padding: each
-distinct context once (the choices of a multiple choice item share theirs),
-followed by every continuation that shares it, under a block attention mask
-(a continuation sees its context and itself) with positions continuing after
-the context, so each request's log-probabilities are those of its own
-unpadded run. Models whose attention ignores custom masks (flash kernels)
-fall back to right-padded rows.
+A multiple choice item's ``acc`` takes the choice with the largest summed
+log-likelihood; ``acc_norm`` divides each sum by the length of the choice in
+characters, as written (without the leading space), which is what
+lm-evaluation-harness computes for ``acc_norm`` (``len(choice)`` of its
+``doc_to_choice``; for ASCII text that is also the length in bytes, which
+lm-eval scores separately as ``acc_bytes``). Ties go to the first choice,
+like ``numpy.argmax``.
+``bench/mc_vs_lm_eval.py`` checks both per item against lm-eval.
+
+Batch sizes count rows as lm-eval does: requests whose continuation is one
+token and that share a context need one row (the context), every other
+request one row of its own. At batch size 1 each row is one unpadded forward
+of (context + continuation)[:-1]; at larger batch sizes a batch runs as one
+packed row with no padding: each distinct context once (the choices of a
+multiple choice item share theirs), followed by every continuation that
+shares it, under a block attention mask (a continuation sees its context and
+itself) with positions continuing after the context, so each request's
+log-probabilities are those of its own unpadded run. Models whose attention
+ignores custom masks (flash kernels) fall back to right-padded rows.
 
 Greedy generation runs left-padded with an attention mask, explicit position
 ids counted from each row's first real token and a KV cache; the task
 evaluation (`evals.run.generate`) uses the same decoder. Requests are
 sorted by length (longest first) to reduce padding and results are returned in
-the caller's order. At batch size 1 every request is one unpadded forward,
+the caller's order. At batch size 1 every row is one unpadded forward,
 exactly lm-eval's computation. Packed (or padded) and unpadded fp32
 runs are not bit-identical: logits differ by a few ulps (~3e-6) and summed
 log-probabilities by up to ~5e-5 on the samples; tests check sums agree to
@@ -355,12 +366,22 @@ def _enc(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"] if text else []
 
 
-def encode_pair(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """lm-eval's `_encode_pair`: (prefix + context ids, continuation ids), split from a joint encoding."""
+def encode_pair(tok, context: str, continuation: str,
+                memo: dict[str, list[int]] | None = None) -> tuple[list[int], list[int]]:
+    """lm-eval's `_encode_pair`: (prefix + context ids, continuation ids), split from a joint encoding.
+
+    `memo` (context text -> ids), when given, saves re-encoding a context shared by several requests.
+    """
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         continuation, context = context[-n_spaces:] + continuation, context[:-n_spaces]
-    whole, ctx = _enc(tok, context + continuation), _enc(tok, context)
+    whole = _enc(tok, context + continuation)
+    if memo is None:
+        ctx = _enc(tok, context)
+    else:
+        ctx = memo.get(context)
+        if ctx is None:
+            ctx = memo[context] = _enc(tok, context)
     cont = whole[len(ctx):]
     if not cont:  # a merge across the boundary swallowed the continuation: encode it on its own
         cont = _enc(tok, continuation)
@@ -407,16 +428,25 @@ def _padded(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Ten
     return ids, mask
 
 
+def _no_cache(params: set[str]) -> dict:
+    """`use_cache=False` where the forward takes it: scoring never reuses a KV cache, so don't build one."""
+    return {"use_cache": False} if "use_cache" in params else {}
+
+
 def _ll_plain(model, chunk, dev, pad_id, params) -> list[tuple[float, bool]]:
-    """One right-padded forward over (context + continuation)[:-1] per request."""
-    inputs = [(c + x)[:-1] for c, x in chunk]
-    ids, mask = _padded(inputs, pad_id)
+    """One right-padded forward row per distinct (context + continuation)[:-1]."""
+    inputs = [tuple((c + x)[:-1]) for c, x in chunk]
+    row_of: dict[tuple[int, ...], int] = {}
+    for inp in inputs:
+        row_of.setdefault(inp, len(row_of))
+    ids, mask = _padded([list(r) for r in row_of], pad_id)
     pos = torch.arange(ids.shape[1]).expand_as(ids)
     need = [p for inp, (_, x) in zip(inputs, chunk) for p in range(len(inp) - len(x), len(inp))]
     keep, where = _keep(need, params, dev)
-    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **keep).logits
-    rows = [logits[j, [where[p] for p in range(len(inp) - len(x), len(inp))]]
-            for j, (inp, (_, x)) in enumerate(zip(inputs, chunk))]
+    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), **keep,
+                   **_no_cache(params)).logits
+    rows = [logits[row_of[inp], [where[p] for p in range(len(inp) - len(x), len(inp))]]
+            for inp, (_, x) in zip(inputs, chunk)]
     return _score_rows(rows, [x for _, x in chunk], dev)
 
 
@@ -462,7 +492,7 @@ def _ll_packed(model, chunk, dev, pad_id, params) -> list[tuple[float, bool]]:
     mask = torch.zeros((1, 1, n, n), dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     keep, where = _keep([p for ps in at for p in ps], params, dev)
     logits = model(input_ids=torch.tensor([ids], device=dev), attention_mask=mask.to(dev),
-                   position_ids=torch.tensor([pos], device=dev), **keep).logits
+                   position_ids=torch.tensor([pos], device=dev), **keep, **_no_cache(params)).logits
     rows = [logits[0, [where[p] for p in ps]] for ps in at]
     return _score_rows(rows, [x for _, x in chunk], dev)
 
@@ -473,9 +503,10 @@ def loglikelihood_tokens(model, pairs: list[tuple[list[int], list[int]]], batch_
     """(sum log p(continuation | context), is_greedy) for (context ids, continuation ids) pairs.
 
     Requests are grouped by context, sorted longest first and cut into
-    batches of at most `batch_size` requests, keeping a context's requests
-    together where they fit. At batch size 1 each request is one unpadded
-    forward of (context + continuation)[:-1], as lm-eval does. A larger batch
+    batches of at most `batch_size` rows, keeping a context's requests
+    together where they fit; a row is a distinct (context + continuation)[:-1],
+    so a context's one-token continuations share one row, as in lm-eval. At
+    batch size 1 each row is one unpadded forward, as lm-eval does. A larger batch
     is one packed forward (`_ll_packed`): each distinct context once, then its
     continuations, under a block mask, positions continuing after the context;
     causal attention makes both compute the same
@@ -500,16 +531,21 @@ def loglikelihood_tokens(model, pairs: list[tuple[list[int], list[int]]], batch_
     longest = {c: max(len(c) + len(reqs[i][1]) for i in g) for c, g in groups.items()}
     batches: list[list[int]] = []  # whole context groups per batch where they fit, longest first
     cur: list[int] = []
+    n_rows = 0
     for c in sorted(groups, key=lambda c: (-longest[c], c)):
         g = sorted(groups[c], key=lambda i: (-len(reqs[i][1]), reqs[i][1], i))
-        if cur and len(cur) + len(g) > batch_size:
+        rows: dict[tuple[int, ...], list[int]] = {}  # this context's rows: continuation[:-1] -> requests
+        for i in g:
+            rows.setdefault(tuple(reqs[i][1][:-1]), []).append(i)
+        if cur and n_rows + len(rows) > batch_size:
             batches.append(cur)
-            cur = []
-        for piece in _chunks(g, batch_size):
-            if len(cur) + len(piece) > batch_size:
+            cur, n_rows = [], 0
+        for piece in _chunks(list(rows.values()), batch_size):
+            if n_rows + len(piece) > batch_size:
                 batches.append(cur)
-                cur = []
-            cur += piece
+                cur, n_rows = [], 0
+            cur += [i for row in piece for i in row]
+            n_rows += len(piece)
     if cur:
         batches.append(cur)
     out: list[tuple[float, bool] | None] = [None] * len(reqs)
@@ -525,11 +561,13 @@ def loglikelihood_tokens(model, pairs: list[tuple[list[int], list[int]]], batch_
 def loglikelihoods(model, tok, requests: list[tuple[str, str]], batch_size: int = 8) -> list[tuple[float, bool]]:
     """lm-eval's loglikelihood requests: (context, continuation) -> (log-prob sum, is_greedy), in input order."""
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    return loglikelihood_tokens(model, [encode_pair(tok, c, x) for c, x in requests], batch_size, pad)
+    ctx_ids: dict[str, list[int]] = {}  # the choices of an item share a context: encode it once
+    return loglikelihood_tokens(model, [encode_pair(tok, c, x, ctx_ids) for c, x in requests], batch_size, pad)
 
 
 def score_multiple_choice(model, tok, items: list[dict], batch_size: int = 8) -> list[dict]:
-    """Per item {"acc", "acc_norm", "pred", "pred_norm"}; acc_norm divides by the continuation's UTF-8 bytes."""
+    """Per item {"acc", "acc_norm", "pred", "pred_norm"}; acc_norm divides by the choice's length in characters
+    (lm-eval's acc_norm; see the module docstring)."""
     reqs, spans = [], []
     for it in items:
         conts = [continuation_for(it["context"], c) for c in it["choices"]]
@@ -539,7 +577,7 @@ def score_multiple_choice(model, tok, items: list[dict], batch_size: int = 8) ->
     out = []
     for it, (start, conts) in zip(items, spans):
         ll = [lls[start + k][0] for k in range(len(conts))]
-        norm = [v / max(len(c.encode("utf-8")), 1) for v, c in zip(ll, conts)]
+        norm = [v / max(len(c), 1) for v, c in zip(ll, it["choices"])]
         pred = max(range(len(ll)), key=lambda k: (ll[k], -k))  # first maximum, like numpy.argmax
         pred_norm = max(range(len(norm)), key=lambda k: (norm[k], -k))
         out.append({"acc": int(pred == it["answer"]), "acc_norm": int(pred_norm == it["answer"]),
