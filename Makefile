@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export PREFECT_PROFILES_PATH := $(CURDIR)/profiles/profiles.toml
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test ui clean
+.PHONY: install demo test ui clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Every bench/*.py once, short settings (about 15 min on 2 CPU cores); peers come from the bench extra.
+bench: $(STAMP)
+	$(BIN)/pip install --quiet torch==2.13.0 -e '.[bench]'
+	$(BIN)/python bench/run_all.py
 
 ui: $(STAMP)
 	PREFECT_HOME=$(CURDIR)/.tuneloop/prefect $(BIN)/prefect server start --port 4200
