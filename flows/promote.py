@@ -36,7 +36,9 @@ def _watch(spec: PromoteSpec, slot: str, items: list, since: float, seconds: flo
             return c
 
 
-@flow(name="promote")
+# A persisted result makes Prefect refuse to move a Completed run back to Scheduled, so a late retry
+# automation (deployments/automations.yaml) can never re-run a run that has finished.
+@flow(name="promote", persist_result=True, result_serializer="json")
 def promote(spec: PromoteSpec) -> dict:
     logger = get_run_logger()
     refuse_crash_loop()

@@ -25,7 +25,9 @@ from tuneloop.specs import RetrainSpec
 from tuneloop.summary import benchmark_rows, build_summary
 
 
-@flow(name="retrain")
+# A persisted result makes Prefect refuse to move a Completed run back to Scheduled, so a late retry
+# automation (deployments/automations.yaml) can never re-run a run that has finished.
+@flow(name="retrain", persist_result=True, result_serializer="json")
 def retrain(spec: RetrainSpec) -> dict:
     logger = get_run_logger()
     refuse_crash_loop()

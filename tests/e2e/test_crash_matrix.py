@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -201,3 +202,66 @@ def test_promote_killed_after_the_switch_finishes_on_retry_while_serving_answers
     assert ("switch", "v2") in actions and ("alias", "v2") in actions
     print(f"\ncrash matrix (promote): promote-switched {' -> '.join(states)}; {answered[0]} requests, 0 failed")
 
+
+def flow_run_processes(run_id: str) -> list[int]:
+    """PIDs of the processes executing a flow run (the runner gives each the run's id in its environment)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if f"PREFECT__FLOW_RUN_ID={run_id}".encode() in (d / "environ").read_bytes().split(b"\0"):
+                    found.append(int(d.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_a_prefect_server_restart_mid_run_ends_crashed_and_the_automatic_retry_completes(
+        stack, demo_files, tmp_path):
+    """The Prefect server is killed while a retrain trains, and the worker's node with it (worker and flow-run
+    process SIGKILLed: nobody is left to report the run). The server comes back on its database, then a
+    worker. The run, still Running in the database, stops sending heartbeats: the retry-zombie-runs
+    automation marks it Crashed and reschedules it, and the retry resumes from the
+    checkpoint and completes, with one consistent registry version."""
+    state = tmp_path / "state"
+    spec = {"data": str(demo_files["feedback"]), "eval_data": str(demo_files["heldout"]), "tenant": "demo",
+            "training": {"epochs": 1, "max_steps": 60, "save_every": 2, "batch_size": 8,
+                         "gradient_accumulation": 1, "rank": 4, "alpha": 8, "seed": 99},
+            "evaluation": {"max_items": 8, "max_new_tokens": 4}}
+    run_id = stack.run("retrain/retrain", spec, {"TUNELOOP_STATE_DIR": str(state)})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait until it trains, with a checkpoint on disk
+        if list((state / "runs").glob("run-*/checkpoints/step-*")) if (state / "runs").exists() else []:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"training never checkpointed\n{stack.worker_log.read_text()[-4000:]}")
+    victims = flow_run_processes(run_id)
+    assert victims, "the flow run's process was not found"
+    stack.kill_server()
+    stop(stack.worker, grace=0)
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(10)
+    stack.start_server()
+    time.sleep(5)
+    stack.worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "cpu-pool", "--type", "process"],
+                         stack.worker_log, stack.env, ROOT)
+    run = stack.wait_final(run_id, timeout=600)
+    states = stack.states(run_id)
+    assert run["state_type"] == "COMPLETED", f"{states}\n{stack.worker_log.read_text()[-5000:]}"
+    assert "CRASHED" in states and run["run_count"] >= 2, states
+    assert any(m.startswith("resuming from step-") for m in stack.logs(run_id))
+    assert_registry_consistent(state, expected_versions=1)
+    # After a restart the server holds back this run's state events for up to 15 min (causal ordering), so
+    # the zombie automations do not see the retry's Completed either: 100 s after the retry's last heartbeat
+    # they try to crash and reschedule it. Prefect must refuse both (a Completed run with a persisted result).
+    ended = datetime.fromisoformat(run["state"]["timestamp"]).timestamp()  # no heartbeat after this
+    wait = 105 - (time.time() - ended)
+    time.sleep(max(wait, 0))
+    after = httpx.get(f"{stack.api}/flow_runs/{run_id}").json()
+    assert (after["state_type"], after["run_count"]) == ("COMPLETED", run["run_count"]), stack.states(run_id)
+    print(f"\nserver restart mid-run: {' -> '.join(states)}; still completed 105 s after it ended")
