@@ -1,13 +1,16 @@
 """Orchestration overhead: Prefect's share of a retrain run's wall time, and its cost per task run.
 
-    .venv/bin/python bench/prefect_overhead.py [--runs 4] [--threads 1] [--quick]
+    .venv/bin/python bench/prefect_overhead.py [--runs 4] [--threads 1] [--quick] [--epochs N]
 
 Starts a real `prefect server start` on a free port (its own PREFECT_HOME in a
 temporary folder; stopped by PID, SIGKILL if it lingers) and runs the retrain
 flow in this process against it, as `tuneloop demo` does: the demo preset on
 the tiny Llama, alternately on clean feedback (promoted, or rejected when no
 better than the champion) and on its corrupted copy (rejected), with new demo
-data (another seed) every other run: `--runs` retrains (`--quick`: 2). The
+data (another seed) every other run: `--runs` retrains (`--quick`: 2).
+`--epochs N` trains N epochs instead of the preset's 10, without early
+stopping: a longer retrain, to see how Prefect's nearly fixed cost per run
+shares out over more work. The
 base model is built (or taken from .tuneloop/models) before the clock starts. Torch runs one thread (as the
 other benchmarks here: two threads on a busy 2-core machine made training
 30x slower and would shrink Prefect's share unfairly); `--threads 0` keeps
@@ -192,6 +195,8 @@ def main() -> None:
                     help="retrain runs, alternately on clean and corrupted feedback, new demo data every other run")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--quick", action="store_true", help="two runs (clean, then corrupted feedback)")
+    ap.add_argument("--epochs", type=int, default=None,
+                    help="train this many epochs, without early stopping (default: the demo preset's)")
     args = ap.parse_args()
     if args.quick:
         args.runs = 2
@@ -239,6 +244,8 @@ def main() -> None:
             torch.set_num_threads(args.threads)
         resolve_base_model(TINY_BASE, get_settings().models_dir, log=lambda m: print(m, flush=True))
         preset = yaml.safe_load(resources.files("tuneloop").joinpath("assets/demo-preset.yaml").read_text())
+        if args.epochs:
+            preset["training"] |= {"epochs": args.epochs, "early_stopping_patience": None}
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
               f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}; prefect {prefect.__version__} "
               f"(import {import_s:.1f} s, not counted)")
