@@ -80,6 +80,15 @@ def skewed_rows(n: int, seed: int = 0):
     return rows
 
 
+def add_run_args(ap, batch_help: str | None = None) -> None:
+    """The options the one-epoch comparisons share (packing.py, train_vs_trl.py)."""
+    ap.add_argument("--size", default="20m", choices=sorted(SIZES))
+    ap.add_argument("--rows", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=8, help=batch_help)
+    ap.add_argument("--repeats", type=int, default=1, help="run each N times, interleaved; the fastest counts")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+
+
 def set_threads(n: int) -> None:
     import torch
 

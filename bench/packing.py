@@ -80,11 +80,7 @@ def forward_loss_per_token(base: str, enc, batch: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", default="20m", choices=sorted(C.SIZES))
-    ap.add_argument("--rows", type=int, default=128)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    C.add_run_args(ap)
     args = ap.parse_args()
 
     from tuneloop.basemodel import load_tokenizer
