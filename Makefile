@@ -25,7 +25,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Every bench/*.py once, short settings (about 15 min on 2 CPU cores); peers come from the bench extra.
+# Every bench/*.py once, short settings (about 11 min on 2 idle CPU cores); peers come from the bench extra.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet torch==2.13.0 -e '.[bench]'
 	$(BIN)/python bench/run_all.py
