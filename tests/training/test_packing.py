@@ -200,3 +200,53 @@ def test_stop_and_resume_is_exact_in_both_layouts(tiny_base, rows, tmp_path, pac
     assert resumed.resumed_from_step == 3 and resumed.steps == straight.steps == 8
     assert abs(resumed.final_loss - straight.final_loss) <= 1e-6
     assert resumed.best_val_loss == pytest.approx(straight.best_val_loss, abs=1e-6)
+
+
+def test_packing_is_exact_only_for_models_that_separate_examples_by_position_ids(tiny_base):
+    """Llama takes attention functions and position ids: packing is exact. BLOOM builds its mask and ALiBi
+    bias without position ids (packed examples would attend to each other): packing is refused."""
+    from transformers import BloomConfig, BloomForCausalLM
+
+    from tuneloop.training.packing import packing_is_exact
+
+    assert packing_is_exact(build_lora_model(tiny_base, TrainingSpec(dropout=0.0)))
+    bloom = BloomForCausalLM(BloomConfig(vocab_size=64, hidden_size=32, n_layer=1, n_head=2))
+    assert not packing_is_exact(bloom)
+
+
+def test_the_lm_head_shortcut_is_taken_only_when_it_gives_the_models_own_logits(tiny_base, examples):
+    """A model whose forward changes its logits in a way no config flag announces (here: divides them by 2)
+    fails the one-time numeric check and takes the full forward: the loss stays the model's own."""
+    from tuneloop.training.loop import _backbone_and_head
+
+    tok, enc = examples
+    plain = lora_model(tiny_base, varlen=False).eval()
+    assert _backbone_and_head(plain) is not None
+
+    scaled = lora_model(tiny_base, varlen=False).eval()
+    base = scaled.get_base_model()
+    original = type(base).forward
+
+    def halved(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        out.logits = out.logits / 2
+        return out
+
+    base.forward = halved.__get__(base)
+    assert _backbone_and_head(scaled) is None
+    b = collate_padded(enc[:3], tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        loss, _ = token_loss_sum(scaled, b["input_ids"], b["labels"], b["attention_mask"])
+        logits = scaled(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
+        ref = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), b["labels"][:, 1:].reshape(-1),
+                                                ignore_index=IGNORE, reduction="sum")
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_fast_dropout_keeps_fp32_precision_of_the_scale_on_bf16_inputs():
+    d = FastDropout(0.1).train()
+    x = torch.ones(4096, dtype=torch.bfloat16)
+    y = d(x)
+    kept = y[y != 0]
+    assert kept.dtype == torch.bfloat16
+    assert float(kept[0]) == float(torch.tensor(1 / 0.9, dtype=torch.float32).to(torch.bfloat16))

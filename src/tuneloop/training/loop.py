@@ -33,7 +33,7 @@ from tuneloop.fsutil import atomic_write_text, publish_dir, staging_dir
 from tuneloop.specs import TrainingSpec
 from tuneloop.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from tuneloop.training.packing import collate as collate_batch
-from tuneloop.training.packing import enable_varlen_attention, epoch_batches, epoch_order  # noqa: F401
+from tuneloop.training.packing import enable_varlen_attention, epoch_batches, epoch_order, packing_is_exact  # noqa: F401
 
 
 @dataclass
@@ -85,8 +85,7 @@ def encode_rows(tok, rows: list[Row], max_len: int) -> list[tuple[list[int], lis
 _SCALED_HEAD = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
 
 
-def _backbone_and_head(model):
-    """(decoder, LM head) when the model's logits are exactly `head(decoder(...).last_hidden_state)`; else None."""
+def _split_backbone_and_head(model):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
     if any(getattr(cfg, a, None) is not None for a in _SCALED_HEAD):
@@ -95,6 +94,37 @@ def _backbone_and_head(model):
     if backbone is None or backbone is base or head is None:
         return None
     return backbone, head
+
+
+@torch.no_grad()
+def _head_matches(model, backbone, head) -> bool:
+    """Whether `head(backbone(ids))` gives the model's own logits, on 8 tokens (eval mode, no RNG drawn):
+    a model that scales, caps or trims its logits in a way no config flag announces fails here."""
+    was_training = model.training
+    model.eval()
+    try:
+        ids = (torch.arange(1, 9, device=head.weight.device) % head.weight.shape[0]).unsqueeze(0)
+        full = model(input_ids=ids, use_cache=False).logits.float()
+        hidden = backbone(input_ids=ids, use_cache=False).last_hidden_state
+        split = head(hidden.to(head.weight.dtype) if head.weight.is_floating_point() else hidden).float()
+        return full.shape == split.shape and torch.allclose(full, split, rtol=1e-4, atol=1e-4)
+    except Exception:  # noqa: BLE001 - any surprise means: take the full forward
+        return False
+    finally:
+        model.train(was_training)
+
+
+def _backbone_and_head(model):
+    """(decoder, LM head) when the model's logits are exactly `head(decoder(...).last_hidden_state)`; else None.
+    Checked numerically once per model (`_head_matches`), so an unknown logit transform falls back safely."""
+    cached = getattr(model, "_tuneloop_head_split", None)
+    if cached is None:
+        parts = _split_backbone_and_head(model)
+        if parts is not None and not _head_matches(model, *parts):
+            parts = None
+        cached = parts or False
+        object.__setattr__(model, "_tuneloop_head_split", cached)  # a plain attribute, not a submodule
+    return cached or None
 
 
 def token_loss_sum(model, ids, labels, mask=None, position_ids=None, **kwargs) -> tuple[torch.Tensor, int]:
@@ -160,7 +190,8 @@ class FastDropout(torch.nn.Module):
         n = x.numel()
         bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
         keep = (bits.view(torch.int16)[:n].view(x.shape) & 0x7FFF) >= self.threshold
-        return x * (keep * (1.0 / (1.0 - self.p))).to(x.dtype)
+        # a Python-float scale keeps fp32 precision on bf16 inputs, as nn.Dropout's kernels do
+        return torch.where(keep, x * (1.0 / (1.0 - self.p)), x.new_zeros(()))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -206,7 +237,11 @@ def train_lora(
     tok = load_tokenizer(base_path)
     model = build_lora_model(base_path, spec)
     use_fast_dropout(model)
-    varlen = spec.packing and enable_varlen_attention(model)
+    packed = spec.packing and packing_is_exact(model)
+    if spec.packing and not packed:
+        log(f"packing off for {type(model.get_base_model()).__name__}: its attention does not separate examples by "
+            "position ids; training on padded batches (the same batches, in the same order)")
+    varlen = packed and enable_varlen_attention(model)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
@@ -246,7 +281,7 @@ def train_lora(
     tb = SummaryWriter(str(run_dir / "tb"), purge_step=state["global_step"] or None)
     pad_id, dev = tok.pad_token_id, device()
     t0, tokens_at_start = time.perf_counter(), state["tokens"]
-    layout = (("packed, per-example attention" if varlen else "packed, block mask") if spec.packing
+    layout = (("packed, per-example attention" if varlen else "packed, block mask") if packed
               else "padded, length-grouped" if spec.group_by_length else "padded")
     log(f"training {n_trainable:,} LoRA parameters on {len(train_enc)} rows ({layout}): {total} steps "
         f"({steps_per_epoch}/epoch), warmup {warmup}, lr {spec.learning_rate}")
@@ -270,7 +305,7 @@ def train_lora(
             n_tokens = sum(targets[j] for mb in step_micro for j in mb)
             summed = torch.zeros((), dtype=torch.float64, device=dev)
             for mb in step_micro:
-                batch = collate_batch([train_enc[j] for j in mb], pad_id, dev, spec.packing, one_row=varlen)
+                batch = collate_batch([train_enc[j] for j in mb], pad_id, dev, packed, one_row=varlen)
                 loss, _ = batch_loss(model, batch, varlen)
                 (loss / n_tokens).backward()
                 summed += loss.detach()
@@ -289,7 +324,7 @@ def train_lora(
             entry = {"step": step, "loss": step_loss}
 
             if val_enc and (step % eval_every == 0 or step == total):
-                val = mean_loss(model, val_enc, spec.batch_size * 2, pad_id, spec.packing, varlen)
+                val = mean_loss(model, val_enc, spec.batch_size * 2, pad_id, packed, varlen)
                 tb.add_scalar("val/loss", val, step)
                 entry["val_loss"] = val
                 if state["best_val"] is None or val < state["best_val"]:

@@ -118,6 +118,22 @@ def collate(batch: list[Example], pad_id: int, dev: str, packed: bool, one_row: 
     return collate_packed(batch, pad_id, dev, sum(len(ids) for ids, _ in batch) if one_row else None)
 
 
+def packing_is_exact(model) -> bool:
+    """Whether packed rows keep examples apart in this model: it takes attention functions from transformers'
+    AttentionInterface and position ids, from which transformers builds the per-example mask (or which
+    `varlen_attention` splits by). BLOOM and MPT, for instance, build their mask (and ALiBi bias) without
+    position ids: packed, their examples would attend to each other."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "_supports_attention_backend", False):
+        return False
+    try:
+        return "position_ids" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 VARLEN = "tuneloop_varlen"
 
 
