@@ -13,7 +13,7 @@ import time
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from tasks import refuse_crash_loop
+from tasks import start_attempt
 from tasks.serving import admin_for, check_slot, load_candidate, roll_back, set_canary, switch_slot
 from tuneloop import observability as metrics
 from tuneloop.errors import ConflictError
@@ -41,7 +41,8 @@ def _watch(spec: PromoteSpec, slot: str, items: list, since: float, seconds: flo
 @flow(name="promote", persist_result=True, result_serializer="json")
 def promote(spec: PromoteSpec) -> dict:
     logger = get_run_logger()
-    refuse_crash_loop()
+    if (stale := start_attempt(logger)) is not None:
+        return stale
     registry = open_registry()
     version = registry.get(spec.version)
     expected = registry.aliases().get(spec.alias)

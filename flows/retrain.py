@@ -8,7 +8,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.states import Cancelled
 from prefect.utilities.annotations import opaque
 
-from tasks import refuse_crash_loop
+from tasks import start_attempt
 from tasks.benchmarks import run_benchmark_suite
 from tasks.data import prepare_base_model, validate_dataset
 from tasks.evaluation import decide_promotion, evaluate_adapter, judge_answers
@@ -30,7 +30,8 @@ from tuneloop.summary import benchmark_rows, build_summary
 @flow(name="retrain", persist_result=True, result_serializer="json")
 def retrain(spec: RetrainSpec) -> dict:
     logger = get_run_logger()
-    refuse_crash_loop()
+    if (stale := start_attempt(logger)) is not None:
+        return stale
     if placement(spec.hardware, device() == "cuda") == "gpu-pool":
         if spec.gpu_deployment is None:
             logger.warning(f"hardware {spec.hardware!r} has a GPU but this worker has none; training here on "

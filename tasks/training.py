@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import time
+from contextlib import contextmanager
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -25,11 +28,34 @@ from tuneloop.training.trainers import make_trainer
 def run_id(spec: RetrainSpec, base_path: str, dataset_version: str) -> str:
     """Same data, base and training spec → same run folder, so a retried flow resumes its checkpoints
     (or, remotely, follows the job its first attempt started)."""
-    parts = [spec.training.model_dump(mode="json"), base_path, dataset_version]
+    training = spec.training.model_dump(mode="json", exclude={"packing", "group_by_length"})
+    if not spec.training.packing and spec.training.group_by_length:
+        training["group_by_length"] = True  # the only layout that changes which examples share a step
+    # (packed and padded random batches are the same batches with the same loss, as before these options:
+    # a run checkpointed by an older version keeps its folder and resumes)
+    parts = [training, base_path, dataset_version]
     if spec.trainer.kind != "local":
         parts.append([spec.trainer.kind, spec.trainer.base_url])
     key = json.dumps(parts, sort_keys=True)
     return "run-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path, logger):
+    """One training process per run folder: a second attempt of the same run (rescheduled while the first
+    was in fact alive; tasks.start_attempt stops the older one) waits here instead of writing the same
+    checkpoints. The lock dies with its process."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".train.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning(f"another process is training in {run_dir}; waiting for it to stop")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 ARTIFACT_EVERY_S = 5.0  # the training waits for each artifact request: at most one of each kind per 5 s
@@ -86,8 +112,9 @@ def train_adapter(spec: RetrainSpec, base_path: str, dataset: PreparedDataset, s
                                 "and serves adapters it can load", "configure the service to return the adapter "
                                 "(GET /train/{id}/adapter), or train locally (trainer.kind: local)")
         else:
-            result = train_lora(spec.training, base_path, dataset.train, dataset.validation, run_dir,
-                                resume=True, log=logger.info, should_stop=watch)
+            with run_dir_lock(run_dir, logger):
+                result = train_lora(spec.training, base_path, dataset.train, dataset.validation, run_dir,
+                                    resume=True, log=logger.info, should_stop=watch)
     except Exception:
         metrics.record_training_finished(spec.tenant, "failed", 0.0)
         raise
