@@ -27,7 +27,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
                    "the base_model_name_or_path in its adapter_config.json)")
     x.add_argument("--name", help="served model name for vLLM and Ollama (default: tuneloop-<version>)")
     x.add_argument("--repo-id", help="Hub repository, USER/NAME (hf-hub)")
-    x.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT or https://huggingface.co); the token comes "
+    x.add_argument("--endpoint", help="Hub URL (default: HF_ENDPOINT, else the public Hugging Face Hub); the token comes "
                    "from HF_TOKEN or `hf auth login`")
     x.add_argument("--public", action="store_true", help="create the Hub repository public (default: private)")
     x.add_argument("--adapter-only", action="store_true", help="push the adapter instead of the merged model (hf-hub)")
