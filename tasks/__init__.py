@@ -59,6 +59,20 @@ def stale_reschedule(states: list[tuple[str, str]]) -> tuple[str, str] | None:
     return before if before[0] in FINAL else None
 
 
+def _flush_api_logs(timeout: float) -> None:
+    """Send the queued log lines to the Prefect API before the process ends (bounded: the API may be down)."""
+    import logging
+    import threading
+
+    from prefect.logging.handlers import APILogHandler
+
+    handlers = {h for name in ("prefect.flow_runs", "prefect.task_runs", "prefect")
+                for h in logging.getLogger(name).handlers if isinstance(h, APILogHandler)}
+    t = threading.Thread(target=lambda: [h.flush() for h in handlers], daemon=True)
+    t.start()
+    t.join(timeout)
+
+
 def start_attempt(logger=None):
     """At the start of a retrain or promote attempt: refuse a crash loop, end a stale reschedule at once, and
     watch for this attempt being superseded.
@@ -71,6 +85,7 @@ def start_attempt(logger=None):
     crash matrix kills attempts at every stage.
     """
     import os
+    import sys
     import threading
     import time
 
@@ -108,9 +123,12 @@ def start_attempt(logger=None):
             except Exception:
                 continue  # the API is unreachable: keep working; the next poll asks again
             if count > mine:
+                why = (f"attempt {mine} of this run was superseded by attempt {count} (it was rescheduled while "
+                       "this process was alive); stopping this process")
+                print(why, file=sys.stderr, flush=True)  # the worker's log keeps it whatever happens below
                 if logger:
-                    logger.warning(f"attempt {mine} of this run was superseded by attempt {count} (a retry "
-                                   "automation rescheduled it while this process was alive); stopping this process")
+                    logger.warning(why)
+                    _flush_api_logs(timeout=5.0)
                 os._exit(0)
 
     threading.Thread(target=watch, name="tuneloop-superseded-watch", daemon=True).start()

@@ -278,3 +278,52 @@ def test_a_prefect_server_restart_mid_run_ends_crashed_and_the_automatic_retry_c
     after = httpx.get(f"{stack.api}/flow_runs/{run_id}").json()
     assert (after["state_type"], after["run_count"]) == ("COMPLETED", run["run_count"]), stack.states(run_id)
     print(f"\nserver restart mid-run: {' -> '.join(states)}; still completed after {sorted(acted) or 'no'} automation actions")
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone
+    except (OSError, IndexError):
+        return False
+
+
+def test_an_attempt_superseded_by_a_reschedule_stops_and_the_newer_one_finishes_the_run(stack, demo_files, tmp_path):
+    """A retry automation acting on a stale view can reschedule a run whose process is in fact alive (a server
+    outage longer than the zombie window). Here the run is rescheduled by hand while it trains: the worker
+    starts a second attempt, the first sees it (tasks.start_attempt's watch) and stops its process without a
+    crash report, the second waits for the run folder, resumes from the checkpoint and completes: one
+    registry version, and never two processes training at once."""
+    state = tmp_path / "state"
+    spec = {"data": str(demo_files["feedback"]), "eval_data": str(demo_files["heldout"]), "tenant": "demo",
+            "training": {"epochs": 20, "max_steps": 800, "save_every": 20, "batch_size": 8,
+                         "gradient_accumulation": 1, "rank": 4, "alpha": 8, "seed": 7,
+                         "early_stopping_patience": None},  # ~30 s: long enough to be superseded while it trains
+            "evaluation": {"max_items": 8, "max_new_tokens": 4}}
+    run_id = stack.run("retrain/retrain", spec, {"TUNELOOP_STATE_DIR": str(state)})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # wait until it trains, with a checkpoint on disk
+        if list((state / "runs").glob("run-*/checkpoints/step-*")) if (state / "runs").exists() else []:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"training never checkpointed\n{stack.worker_log.read_text()[-4000:]}")
+    first = flow_run_processes(run_id)
+    assert first, "the flow run's process was not found"
+    r = httpx.post(f"{stack.api}/flow_runs/{run_id}/set_state", json={
+        "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "rescheduled by hand while it trains"},
+        "force": True})
+    assert r.status_code < 300, r.text
+    run = stack.wait_final(run_id, timeout=420)
+    states = stack.states(run_id)
+    assert run["state_type"] == "COMPLETED" and run["run_count"] == 2, states
+    assert "CRASHED" not in states, states  # the first attempt stopped itself; no crash was reported
+    gone = time.monotonic() + 30  # it asks every 10 s
+    while [pid for pid in first if alive(pid)] and time.monotonic() < gone:
+        time.sleep(0.5)
+    assert not [pid for pid in first if alive(pid)], "the first attempt's process is still running"
+    logs = stack.logs(run_id)
+    assert any("was superseded by attempt 2" in m for m in logs), logs[-10:]
+    resumed = [m for m in logs if m.startswith("resuming from step-")]
+    assert resumed and not resumed[0].endswith("(step 800/800)"), resumed  # it was stopped while it trained
+    assert_registry_consistent(state, expected_versions=1)
+    print(f"\nsuperseded attempt: {resumed[0]}; {' -> '.join(states)}")
