@@ -73,7 +73,7 @@ def _flush_api_logs(timeout: float) -> None:
     t.join(timeout)
 
 
-def start_attempt(logger=None):
+def start_attempt(logger):
     """At the start of a retrain or promote attempt: refuse a crash loop, end a stale reschedule at once, and
     watch for this attempt being superseded.
 
@@ -101,8 +101,7 @@ def start_attempt(logger=None):
         with get_client(sync_client=True) as client:
             history = client.read_flow_run_states(run_id)
     except Exception as exc:  # the API is down: go on; the automations need it too
-        if logger:
-            logger.warning(f"could not read this run's states ({type(exc).__name__}); not checking for a stale retry")
+        logger.warning(f"could not read this run's states ({type(exc).__name__}); not checking for a stale retry")
         history = []
     ordered = [(s.type.value, s.message or "") for s in sorted(history, key=lambda s: s.timestamp)]
     stale = stale_reschedule(ordered)
@@ -110,8 +109,7 @@ def start_attempt(logger=None):
         kind, message = stale
         why = (f"this run had already ended {kind} ({message or 'no message'}) before a retry automation "
                "rescheduled it on a late event; not running it again")
-        if logger:
-            logger.warning(why)
+        logger.warning(why)
         return {"COMPLETED": Completed, "FAILED": Failed, "CANCELLED": Cancelled}[kind](message=why)
 
     def watch() -> None:
@@ -126,9 +124,8 @@ def start_attempt(logger=None):
                 why = (f"attempt {mine} of this run was superseded by attempt {count} (it was rescheduled while "
                        "this process was alive); stopping this process")
                 print(why, file=sys.stderr, flush=True)  # the worker's log keeps it whatever happens below
-                if logger:
-                    logger.warning(why)
-                    _flush_api_logs(timeout=5.0)
+                logger.warning(why)
+                _flush_api_logs(timeout=5.0)
                 os._exit(0)
 
     threading.Thread(target=watch, name="tuneloop-superseded-watch", daemon=True).start()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -17,6 +15,7 @@ from tuneloop import observability as metrics
 from tuneloop.data import PreparedDataset
 from tuneloop.errors import UserError
 from tuneloop.faults import crash_point
+from tuneloop.fsutil import locked
 from tuneloop.settings import get_settings
 from tuneloop.specs import RetrainSpec
 from tuneloop.training import TrainResult, train_lora
@@ -40,22 +39,12 @@ def run_id(spec: RetrainSpec, base_path: str, dataset_version: str) -> str:
     return "run-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-@contextmanager
 def run_dir_lock(run_dir: Path, logger):
     """One training process per run folder: a second attempt of the same run (rescheduled while the first
     was in fact alive; tasks.start_attempt stops the older one) waits here instead of writing the same
-    checkpoints. The lock dies with its process."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".train.lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.warning(f"another process is training in {run_dir}; waiting for it to stop")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    checkpoints."""
+    return locked(run_dir, ".train.lock",
+                  on_wait=lambda: logger.warning(f"another process is training in {run_dir}; waiting for it to stop"))
 
 
 ARTIFACT_EVERY_S = 5.0  # the training waits for each artifact request: at most one of each kind per 5 s

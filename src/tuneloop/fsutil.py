@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -67,12 +68,18 @@ def sha256_file(path: str | Path) -> str:
 
 
 @contextmanager
-def locked(folder: str | Path):
-    """An exclusive lock on `folder/.lock`, for read-modify-write of files in that folder across processes."""
+def locked(folder: str | Path, name: str = ".lock", on_wait: Callable[[], None] | None = None):
+    """An exclusive lock on `folder/name`, for read-modify-write of files in that folder across processes.
+    `on_wait` is called once if another process holds it, before waiting. The lock dies with its process."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with open(folder / name, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:

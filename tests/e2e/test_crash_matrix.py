@@ -216,6 +216,17 @@ def flow_run_processes(run_id: str) -> list[int]:
     return found
 
 
+def start_retrain_until_checkpointed(stack, spec: dict, state: Path) -> str:
+    """Start a retrain deployment run and return its id once training has a checkpoint on disk."""
+    run_id = stack.run("retrain/retrain", spec, {"TUNELOOP_STATE_DIR": str(state)})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if (state / "runs").exists() and list((state / "runs").glob("run-*/checkpoints/step-*")):
+            return run_id
+        time.sleep(0.5)
+    pytest.fail(f"training never checkpointed\n{stack.worker_log.read_text()[-4000:]}")
+
+
 def test_a_prefect_server_restart_mid_run_ends_crashed_and_the_automatic_retry_completes(
         stack, demo_files, tmp_path):
     """The Prefect server is killed while a retrain trains, and the worker's node with it (worker and flow-run
@@ -228,14 +239,7 @@ def test_a_prefect_server_restart_mid_run_ends_crashed_and_the_automatic_retry_c
             "training": {"epochs": 1, "max_steps": 60, "save_every": 2, "batch_size": 8,
                          "gradient_accumulation": 1, "rank": 4, "alpha": 8, "seed": 99},
             "evaluation": {"max_items": 8, "max_new_tokens": 4}}
-    run_id = stack.run("retrain/retrain", spec, {"TUNELOOP_STATE_DIR": str(state)})
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # wait until it trains, with a checkpoint on disk
-        if list((state / "runs").glob("run-*/checkpoints/step-*")) if (state / "runs").exists() else []:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"training never checkpointed\n{stack.worker_log.read_text()[-4000:]}")
+    run_id = start_retrain_until_checkpointed(stack, spec, state)
     victims = flow_run_processes(run_id)
     assert victims, "the flow run's process was not found"
     stack.kill_server()
@@ -299,14 +303,7 @@ def test_an_attempt_superseded_by_a_reschedule_stops_and_the_newer_one_finishes_
                          "gradient_accumulation": 1, "rank": 4, "alpha": 8, "seed": 7,
                          "early_stopping_patience": None},  # ~30 s: long enough to be superseded while it trains
             "evaluation": {"max_items": 8, "max_new_tokens": 4}}
-    run_id = stack.run("retrain/retrain", spec, {"TUNELOOP_STATE_DIR": str(state)})
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # wait until it trains, with a checkpoint on disk
-        if list((state / "runs").glob("run-*/checkpoints/step-*")) if (state / "runs").exists() else []:
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail(f"training never checkpointed\n{stack.worker_log.read_text()[-4000:]}")
+    run_id = start_retrain_until_checkpointed(stack, spec, state)
     first = flow_run_processes(run_id)
     assert first, "the flow run's process was not found"
     r = httpx.post(f"{stack.api}/flow_runs/{run_id}/set_state", json={

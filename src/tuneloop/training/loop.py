@@ -33,7 +33,7 @@ from tuneloop.fsutil import atomic_write_text, publish_dir, staging_dir
 from tuneloop.specs import TrainingSpec
 from tuneloop.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from tuneloop.training.packing import collate as collate_batch
-from tuneloop.training.packing import enable_varlen_attention, epoch_batches, epoch_order, packing_is_exact  # noqa: F401
+from tuneloop.training.packing import enable_varlen_attention, epoch_batches, packing_is_exact
 
 
 @dataclass
