@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-export PREFECT_PROFILES_PATH := $(CURDIR)/profiles/profiles.toml
+export PREFECT_PROFILES_PATH := $(CURDIR)/src/tuneloop/assets/prefect-profiles.toml
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 .PHONY: install demo test ui clean bench

@@ -30,7 +30,7 @@ SIZES = {
 
 
 def tiny_base_path() -> str:
-    from tuneloop.basemodel import resolve_base_model
+    from tuneloop.models.base import resolve_base_model
     from tuneloop.specs import TINY_BASE
 
     cached = ROOT / ".tuneloop" / "models"
@@ -43,7 +43,7 @@ def build_base(size: str, out_dir: Path, seed: int = 0) -> tuple[str, int]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tuneloop.basemodel import load_tokenizer
+    from tuneloop.models.base import load_tokenizer
 
     tok = load_tokenizer(tiny_base_path())
     torch.manual_seed(seed)
@@ -63,7 +63,7 @@ def skewed_rows(n: int, seed: int = 0):
     The answer is one corpus line (the loss is on it only), so most rows are 20-60 tokens and a
     quarter run to a few hundred: padding a random batch to its longest row wastes most of it.
     """
-    from tuneloop.basemodel import corpus_lines
+    from tuneloop.models.base import corpus_lines
     from tuneloop.data.validate import Row
 
     lines = corpus_lines()

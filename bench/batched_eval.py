@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a script of its own: nothing her
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-from tuneloop.basemodel import load_tokenizer, resolve_base_model  # noqa: E402
+from tuneloop.models.base import load_tokenizer, resolve_base_model  # noqa: E402
 from tuneloop.evals import benchmarks as B  # noqa: E402
 from tuneloop.evals.run import generate, load_for_eval  # noqa: E402
 from tuneloop.specs import TINY_BASE  # noqa: E402
@@ -59,7 +59,7 @@ def adapter_path(arg: str) -> str | None:
 
 
 def task_prompts() -> list[list[dict]]:
-    from tuneloop.demo_data import read_jsonl, write_demo_data
+    from tuneloop.demo.data import read_jsonl, write_demo_data
 
     with tempfile.TemporaryDirectory() as d:
         rows = read_jsonl(write_demo_data(Path(d))["heldout"])

@@ -48,7 +48,7 @@ def make_registry(tmp: Path) -> str:
         return str(demo)
     from peft import LoraConfig, get_peft_model
 
-    from tuneloop.basemodel import load_model, resolve_base_model
+    from tuneloop.models.base import load_model, resolve_base_model
     from tuneloop.registry import open_registry
     from tuneloop.specs import TINY_BASE
 

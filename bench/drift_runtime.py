@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/drift_runtime.py [--n 10000] [--backends tfidf,minilm] [--full]
 
-Reference: n support prompts (tuneloop.demo_data); window: n prompts, half of
+Reference: n support prompts (tuneloop.demo.data); window: n prompts, half of
 them about a product line the reference never mentions. For each backend it
 prints the embedding time and the two-sample-test time separately, at the
 default ``max_samples=2000`` (each side subsampled) and, with ``--full``, with
@@ -23,8 +23,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a script of its own: nothing here may download
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
-from tuneloop import drift  # noqa: E402
-from tuneloop.demo_data import generate_examples  # noqa: E402
+from tuneloop.drift import detect as drift  # noqa: E402
+from tuneloop.demo.data import generate_examples  # noqa: E402
 
 
 def prompts(n: int, seed: int) -> tuple[list[str], list[str]]:

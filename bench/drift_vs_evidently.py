@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
 import numpy as np  # noqa: E402
 
-from tuneloop import drift  # noqa: E402
+from tuneloop.drift import detect as drift  # noqa: E402
 
 
 def evidently_test(reference: list[str], window: list[str]) -> tuple[bool, float]:

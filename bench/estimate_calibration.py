@@ -5,7 +5,7 @@
 Trains the tiny Llama on the demo feedback (the demo preset's LoRA, 30 steps)
 and prints estimated seconds (guards.estimate from tokens and parameters),
 measured seconds, and their ratio: the figure to check when adjusting the
-`cpu` row of presets.HARDWARE. Timings belong here, not in tests.
+`cpu` row of tuneloop.cost.hardware.HARDWARE. Timings belong here, not in tests.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from tuneloop.basemodel import resolve_base_model  # noqa: E402
+from tuneloop.models.base import resolve_base_model  # noqa: E402
 from tuneloop.data import prepare_dataset  # noqa: E402
-from tuneloop.demo_data import write_demo_data  # noqa: E402
-from tuneloop.guards import estimate  # noqa: E402
-from tuneloop.presets import TINY_PARAMS  # noqa: E402
+from tuneloop.demo.data import write_demo_data  # noqa: E402
+from tuneloop.cost.guards import estimate  # noqa: E402
+from tuneloop.models.presets import TINY_PARAMS  # noqa: E402
 from tuneloop.specs import TINY_BASE, DataSpec, TrainingSpec  # noqa: E402
 from tuneloop.training import train_lora  # noqa: E402
 

@@ -40,7 +40,7 @@ def build_1b(out_dir: Path) -> tuple[str, int]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tuneloop.basemodel import load_tokenizer
+    from tuneloop.models.base import load_tokenizer
 
     tok = load_tokenizer(C.tiny_base_path())
     torch.manual_seed(0)

@@ -50,7 +50,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval and datasets draw progress bars
 
-from tuneloop.basemodel import load_model, load_tokenizer, resolve_base_model  # noqa: E402
+from tuneloop.models.base import load_model, load_tokenizer, resolve_base_model  # noqa: E402
 from tuneloop.evals import benchmarks as B  # noqa: E402
 from tuneloop.specs import TINY_BASE  # noqa: E402
 
@@ -86,7 +86,7 @@ def intent_file(folder: Path) -> Path:
     """The demo's held-out intent routing as a multiple-choice benchmark file."""
     import json
 
-    from tuneloop.demo_data import INTENTS, read_jsonl, write_demo_data
+    from tuneloop.demo.data import INTENTS, read_jsonl, write_demo_data
 
     rows = read_jsonl(write_demo_data(folder / "demo")["heldout"])
     out = folder / "intents.jsonl"

@@ -33,7 +33,7 @@ import _train_common as C  # noqa: E402
 
 def flops_of_epoch_prefix(enc, batch: int, steps: int, seed: int, cfg) -> tuple[int, float]:
     """(real tokens, model FLOPs) of the first `steps` batches the loop trains on."""
-    from tuneloop.chat import IGNORE
+    from tuneloop.models.chat import IGNORE
     from tuneloop.training.packing import epoch_batches
 
     lengths = [len(ids) for ids, _ in enc]
@@ -69,7 +69,7 @@ def main() -> None:
 
     from transformers import AutoConfig
 
-    from tuneloop.basemodel import load_tokenizer
+    from tuneloop.models.base import load_tokenizer
     from tuneloop.specs import TrainingSpec
     from tuneloop.training import train_lora
     from tuneloop.training.loop import encode_rows

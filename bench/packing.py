@@ -57,7 +57,7 @@ def forward_loss_per_token(base: str, enc, batch: int) -> dict[str, float]:
     """Loss per target token of every batch of the epoch, padded and packed, on the same (initial) model."""
     import torch
 
-    from tuneloop.basemodel import load_tokenizer
+    from tuneloop.models.base import load_tokenizer
     from tuneloop.training.loop import batch_loss, build_lora_model
     from tuneloop.training.packing import collate, enable_varlen_attention, epoch_batches
 
@@ -83,7 +83,7 @@ def main() -> None:
     C.add_run_args(ap)
     args = ap.parse_args()
 
-    from tuneloop.basemodel import load_tokenizer
+    from tuneloop.models.base import load_tokenizer
     from tuneloop.training import train_lora
     from tuneloop.training.loop import encode_rows
 

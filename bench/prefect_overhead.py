@@ -204,7 +204,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="tl-bench-prefect-"))
     cached = ROOT / ".tuneloop" / "models"
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_PROFILES_PATH": str(ROOT / "profiles" / "profiles.toml"), "PREFECT_PROFILE": "local"}
+           "PREFECT_PROFILES_PATH": str(ROOT / "src" / "tuneloop" / "assets" / "prefect-profiles.toml"), "PREFECT_PROFILE": "local"}
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     t = time.perf_counter()
@@ -232,9 +232,9 @@ def main() -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
         import yaml
 
-        import flows.retrain as R
-        from tuneloop.basemodel import resolve_base_model
-        from tuneloop.demo_data import write_demo_data
+        import tuneloop.flows.retrain as R
+        from tuneloop.models.base import resolve_base_model
+        from tuneloop.demo.data import write_demo_data
         from tuneloop.settings import get_settings
         from tuneloop.specs import TINY_BASE, validate_spec
 

@@ -46,7 +46,7 @@ def make_registry(tmp: Path, models: Path) -> str:
     """One version: an untrained LoRA (q/v) on the tiny base (cached under `models`; built there if absent)."""
     from peft import LoraConfig, get_peft_model
 
-    from tuneloop.basemodel import load_model, resolve_base_model
+    from tuneloop.models.base import load_model, resolve_base_model
     from tuneloop.registry import open_registry
     from tuneloop.specs import TINY_BASE
 
@@ -155,7 +155,7 @@ def main() -> int:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "TUNELOOP_MODELS_DIR": str(models), "TUNELOOP_STATE_DIR": str(tmp / "state")}
-        cmd = [sys.executable, "-c", "import sys; from tuneloop.cli import main; sys.exit(main())", "serve",
+        cmd = [sys.executable, "-c", "import sys; from tuneloop.cli.main import main; sys.exit(main())", "serve",
                "--port", str(port), "--registry", registry, "--version", "v1",
                "--max-concurrency", str(args.max_concurrency), "--max-queue", str(args.max_queue)]
         log = open(tmp / "server.log", "w+")

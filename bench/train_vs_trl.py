@@ -76,7 +76,7 @@ def run_trl(base: str, enc, packs: int, accumulation: int, out: Path, threads: i
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from tuneloop.basemodel import load_tokenizer
+    from tuneloop.models.base import load_tokenizer
 
     torch.manual_seed(SEED)
     tok = load_tokenizer(base)
@@ -124,7 +124,7 @@ def main() -> None:
     from peft import PeftModel
 
     import trl
-    from tuneloop.basemodel import load_model, load_tokenizer
+    from tuneloop.models.base import load_model, load_tokenizer
     from tuneloop.training.loop import encode_rows
 
     C.set_threads(args.threads)

@@ -26,7 +26,7 @@ os.environ.update({
     "TUNELOOP_MODELS_DIR": str(_TMP / "models"),
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_HOME": str(_TMP / "prefect"),
-    "PREFECT_PROFILES_PATH": str(Path(__file__).resolve().parents[1] / "profiles" / "profiles.toml"),
+    "PREFECT_PROFILES_PATH": str(Path(__file__).resolve().parents[1] / "src" / "tuneloop" / "assets" / "prefect-profiles.toml"),
     "PREFECT_PROFILE": "local",
 })
 
@@ -53,7 +53,7 @@ def state_dir(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base() -> str:
     """The locally built tiny Llama, built once per test session."""
-    from tuneloop.basemodel import resolve_base_model
+    from tuneloop.models.base import resolve_base_model
     from tuneloop.specs import TINY_BASE
 
     return resolve_base_model(TINY_BASE, Path(os.environ["TUNELOOP_MODELS_DIR"]), log=lambda m: None)
@@ -61,7 +61,7 @@ def tiny_base() -> str:
 
 @pytest.fixture(scope="session")
 def demo_files(tmp_path_factory) -> dict[str, Path]:
-    from tuneloop.demo_data import write_demo_data
+    from tuneloop.demo.data import write_demo_data
 
     return write_demo_data(tmp_path_factory.mktemp("demo-data"), seed=0)
 

@@ -20,7 +20,7 @@ TINY_BASE = "tuneloop/tiny-llama"
 def _safe(what: str):
     def check(value: str) -> str:
         from tuneloop.errors import UserError
-        from tuneloop.safety import safe_name
+        from tuneloop.runtime.safety import safe_name
 
         try:
             return safe_name(value, what)
@@ -197,7 +197,7 @@ class RetrainSpec(_Spec):
     benchmarks: BenchmarkSpec = BenchmarkSpec()
     judge: JudgeSpec | None = None
     guards: GuardSpec = GuardSpec()
-    hardware: str = Field("cpu", description="a row of tuneloop.presets.HARDWARE: prices and throughput for estimates")
+    hardware: str = Field("cpu", description="a row of tuneloop.cost.hardware.HARDWARE: prices and throughput for estimates")
     gpu_deployment: str | None = Field(None, description="deployment (flow/name) a run whose hardware has a GPU "
                                        "is handed to when it starts on a worker without one; None: train here")
 

@@ -1,5 +1,5 @@
 """Crash anywhere: the flow-run process is SIGKILLed at each stage of `retrain` and `promote` (a crash point,
-tuneloop.faults), on a real Prefect server and process worker. The worker marks the run Crashed, the shipped
+tuneloop.runtime.faults), on a real Prefect server and process worker. The worker marks the run Crashed, the shipped
 `retry-crashed-runs` automation (deployments/automations.yaml) reschedules the same flow run, and the retry
 completes. After every case: no duplicate or half-written registry version, aliases point at complete
 versions, training resumed from its checkpoint, serving kept answering."""

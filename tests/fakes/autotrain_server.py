@@ -1,4 +1,4 @@
-"""A local stand-in for the AutoTrain-style REST service `tuneloop.training.autotrain` talks to.
+"""A local stand-in for the AutoTrain-style REST service `tuneloop.training.remote.autotrain` talks to.
 
 - GET  /health                  {"status": "ok"}
 - POST /train                   {base_model, project_name, task, params, data: {format, train, valid}}

@@ -17,7 +17,7 @@ def collect_feedback(prefect_harness):
     import sys
 
     sys.path.insert(0, str(ROOT))
-    from flows.collect_feedback import collect_feedback
+    from tuneloop.flows.collect_feedback import collect_feedback
 
     return collect_feedback
 

@@ -21,7 +21,7 @@ def detect_drift(prefect_harness):
     import sys
 
     sys.path.insert(0, str(ROOT))
-    from flows.detect_drift import detect_drift
+    from tuneloop.flows.detect_drift import detect_drift
 
     return detect_drift
 

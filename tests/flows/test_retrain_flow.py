@@ -21,7 +21,7 @@ def retrain(prefect_harness):
     import sys
 
     sys.path.insert(0, str(ROOT))
-    from flows.retrain import retrain
+    from tuneloop.flows.retrain import retrain
 
     return retrain
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.presets import placement
+from tuneloop.cost.hardware import placement
 from tuneloop.specs import RetrainSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def retrain(prefect_harness):
     sys.path.insert(0, str(ROOT))
-    from flows.retrain import retrain
+    from tuneloop.flows.retrain import retrain
 
     return retrain
 

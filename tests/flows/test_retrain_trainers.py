@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from tuneloop.cli import main
+from tuneloop.cli.main import main
 from tuneloop.registry import open_registry
 from tuneloop.specs import RetrainSpec, SpecError, TrainerSpec, validate_spec
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def retrain(prefect_harness):
     sys.path.insert(0, str(ROOT))
-    from flows.retrain import retrain
+    from tuneloop.flows.retrain import retrain
 
     return retrain
 

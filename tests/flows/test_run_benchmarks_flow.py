@@ -18,7 +18,7 @@ def run_benchmarks(prefect_harness):
     import sys
 
     sys.path.insert(0, str(ROOT))
-    from flows.run_benchmarks import run_benchmarks
+    from tuneloop.flows.run_benchmarks import run_benchmarks
 
     return run_benchmarks
 

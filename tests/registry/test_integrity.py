@@ -123,7 +123,7 @@ def test_loading_refuses_paths_outside_the_adapter(reg, adapter, tmp_path):
 def test_trust_remote_code_is_off_unless_turned_on(monkeypatch):
     import inspect
 
-    from tuneloop import basemodel
+    from tuneloop.models import base as basemodel
 
     monkeypatch.delenv("TUNELOOP_TRUST_REMOTE_CODE", raising=False)
     assert basemodel.trust_remote_code() is False

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from regtools import BACKENDS, location, make_adapter, new_version, raw_put
-from tuneloop.cli import main
+from tuneloop.cli.main import main
 from tuneloop.registry import open_registry
 
 WINDOW = {"start": "2026-10-01T00:00:00+00:00", "end": "2026-10-31T00:00:00+00:00"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuneloop.basemodel import load_model
+from tuneloop.models.base import load_model
 from tuneloop.data import prepare_dataset
 from tuneloop.errors import ChecksumError
 from tuneloop.registry import open_registry
@@ -40,7 +40,7 @@ def test_trained_adapter_roundtrips_through_s3(tiny_base, demo_files, s3_bucket,
                                                         "adapter/adapter_config.json"}
 
     sys.path.insert(0, str(ROOT))
-    from tasks.registry import fetch_adapter
+    from tuneloop.tasks.registry import fetch_adapter
 
     fetched = fetch_adapter.fn(v.id)
     assert fetched.is_relative_to(state_dir.resolve()) and fetched != trained.adapter_dir

@@ -18,7 +18,7 @@ def tenant_registry(tiny_base, tmp_path_factory) -> str:
     if tiny_base not in _REGISTRIES:
         from peft import LoraConfig, get_peft_model
 
-        from tuneloop.basemodel import load_model
+        from tuneloop.models.base import load_model
         from tuneloop.registry import open_registry
         from tuneloop.specs import TINY_BASE
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tuneloop.cli import main
+from tuneloop.cli.main import main
 
 
 def test_deploy_status_load_switch_rollback(make_server, capsys):

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def promote(prefect_harness):
     sys.path.insert(0, str(ROOT))
-    from flows.promote import promote
+    from tuneloop.flows.promote import promote
 
     return promote
 

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tuneloop.demo_data import read_jsonl
+from tuneloop.demo.data import read_jsonl
 
 
 def _client(srv) -> openai.OpenAI:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from safetensors.torch import load_file
 
-from tuneloop.basemodel import load_model, load_tokenizer
-from tuneloop.chat import IGNORE, encode_chat
+from tuneloop.models.base import load_model, load_tokenizer
+from tuneloop.models.chat import IGNORE, encode_chat
 from tuneloop.data import prepare_dataset
-from tuneloop.fsutil import sha256_file
+from tuneloop.runtime.fsutil import sha256_file
 from tuneloop.specs import DataSpec, TrainingSpec
 from tuneloop.training import train_lora
 from tuneloop.training.loop import build_lora_model

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuneloop.basemodel import load_tokenizer
-from tuneloop.chat import IGNORE
+from tuneloop.models.base import load_tokenizer
+from tuneloop.models.chat import IGNORE
 from tuneloop.data import prepare_dataset
 from tuneloop.specs import DataSpec, TrainingSpec
 from tuneloop.training import train_lora

@@ -23,7 +23,7 @@ CONFIG = {
 
 
 def train_cmd(config: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "tuneloop.cli", "train", "--config", str(config), "--data", str(data),
+    return [sys.executable, "-m", "tuneloop.cli.main", "train", "--config", str(config), "--data", str(data),
             "--out", str(out), *extra]
 
 

@@ -12,7 +12,7 @@ AUTO = "rescheduled by the retry-zombie-runs automation (no heartbeat for 100 s)
 
 
 def test_a_run_rescheduled_by_an_automation_after_it_ended_ends_again_as_it_had():
-    from tasks import stale_reschedule
+    from tuneloop.tasks import stale_reschedule
 
     done = [("SCHEDULED", ""), ("PENDING", ""), ("RUNNING", ""), ("CANCELLED", "rejected by a person: no"),
             ("SCHEDULED", AUTO), ("PENDING", ""), ("RUNNING", "")]
@@ -34,13 +34,13 @@ def test_a_run_rescheduled_by_an_automation_after_it_ended_ends_again_as_it_had(
     [],
 ], ids=["crash-retry", "manual-retry", "first", "superseded", "empty"])
 def test_other_histories_go_on(history):
-    from tasks import stale_reschedule
+    from tuneloop.tasks import stale_reschedule
 
     assert stale_reschedule(history) is None
 
 
 def test_packing_options_keep_a_runs_folder_unless_they_change_the_batches():
-    from tasks.training import run_id
+    from tuneloop.tasks.training import run_id
     from tuneloop.specs import validate_spec
 
     def rid(**training):
@@ -55,7 +55,7 @@ def test_packing_options_keep_a_runs_folder_unless_they_change_the_batches():
 
 
 def test_a_second_training_process_waits_for_the_run_folder(tmp_path):
-    from tasks.training import run_dir_lock
+    from tuneloop.tasks.training import run_dir_lock
 
     class Log:
         def __init__(self):

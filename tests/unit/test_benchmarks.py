@@ -25,7 +25,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def lm(tiny_base):
-    from tuneloop.basemodel import load_tokenizer
+    from tuneloop.models.base import load_tokenizer
     from tuneloop.evals.run import load_for_eval
 
     return load_for_eval(tiny_base, None), load_tokenizer(tiny_base)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop import cli
+from tuneloop.cli import main as cli
 from tuneloop.data import prepare_dataset, validate_file
 from tuneloop.data.dataset import dataset_version
 from tuneloop.data.validate import FIXES
@@ -130,8 +130,8 @@ def test_prompt_completion_is_normalized(tmp_path):
 
 
 def test_too_long_rows(tmp_path, tiny_base):
-    from tuneloop.basemodel import load_tokenizer
-    from tuneloop.chat import count_tokens
+    from tuneloop.models.base import load_tokenizer
+    from tuneloop.models.chat import count_tokens
 
     count = count_tokens(load_tokenizer(tiny_base))
     short = msgs(("user", "hi"), ("assistant", "ok"))
@@ -240,7 +240,7 @@ def test_five_defects_all_reported(five_bad):
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuneloop.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tuneloop.cli.main", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
 
 

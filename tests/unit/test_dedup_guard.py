@@ -14,7 +14,7 @@ from fractions import Fraction
 import pytest
 
 from tuneloop.feedback.dedup import dedupe, jaccard, near_duplicate_groups, normalize, shingles
-from tuneloop.feedback.guard import apply_poisoning_guard, user_cap
+from tuneloop.feedback.poisoning import apply_poisoning_guard, user_cap
 from tuneloop.feedback.items import FeedbackItem
 
 BASE = "How do I reset my password if I no longer have access to the email address on my account?"

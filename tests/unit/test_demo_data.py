@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop import demo_data as dd
+from tuneloop.demo import data as dd
 
 
 def _load(path: Path) -> list[dict]:
@@ -161,7 +161,7 @@ def test_variety():
 
 def test_module_is_stdlib_only():
     code = (
-        "import sys; import tuneloop.demo_data; "
+        "import sys; import tuneloop.demo.data; "
         "bad = [m for m in ('prefect', 'torch') if m in sys.modules]; "
         "sys.exit(1 if bad else 0)"
     )

@@ -1,4 +1,4 @@
-"""Prompt drift detection (tuneloop.drift): acceptance hit rates, calibration, output drift, errors.
+"""Prompt drift detection (tuneloop.drift.detect): acceptance hit rates, calibration, output drift, errors.
 
 Acceptance: reference = 300 support prompts; an unshifted window of 300 from
 the same generator and a shifted window where half the prompts are about a new
@@ -17,9 +17,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from tuneloop import drift
-from tuneloop.demo_data import generate_examples
-from tuneloop.drift import DriftReport, detect_drift, embed, output_drift, two_sample_test
+from tuneloop.drift import detect as drift
+from tuneloop.demo.data import generate_examples
+from tuneloop.drift.detect import DriftReport, detect_drift, embed, output_drift, two_sample_test
 from tuneloop.errors import UserError
 
 SEEDS = range(20)

@@ -10,9 +10,10 @@ import pytest
 from fakes.hf_hub_server import Repo, fake_hf_hub
 
 from tuneloop.errors import TransientError, UserError
-from tuneloop.export import add_export_parser, export_version, load_int8_model
+from tuneloop.cli.export import add_export_parser
+from tuneloop.export import export_version, load_int8_model
 from tuneloop.export import api as export_api
-from tuneloop.fsutil import sha256_file
+from tuneloop.runtime.fsutil import sha256_file
 
 PROMPTS = ["hello there", "what is the weather like today", "book a flight to paris", "cancel my order please"]
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".pkl", ".ckpt", ".gguf"}
@@ -76,7 +77,7 @@ def test_merged_logits_equal_base_plus_adapter(tiny_base, adapter, merged_fp32):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tuneloop.basemodel import load_tokenizer
+    from tuneloop.models.base import load_tokenizer
 
     out = merged_fp32.out
     merged = AutoModelForCausalLM.from_pretrained(out).eval()
@@ -111,7 +112,7 @@ def test_int8_shrinks_and_stays_close_to_the_fp32_merge(tiny_base, adapter, merg
     import torch
     from transformers import AutoModelForCausalLM
 
-    from tuneloop.basemodel import load_tokenizer
+    from tuneloop.models.base import load_tokenizer
 
     out = tmp_path / "int8"
     result = export_version(tiny_base, adapter, "dir", out, quantize="int8", log=quiet)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tuneloop.promotion import decide, paired_bootstrap
+from tuneloop.gate.decide import decide, paired_bootstrap
 from tuneloop.specs import GateSpec
 
 

@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from tuneloop.errors import UserError
-from tuneloop.guards import Estimate, GuardSpec, RunGuard, check, estimate
-from tuneloop.presets import HARDWARE, cost_table_markdown, load_user_presets, resolve_preset, spec_overrides
+from tuneloop.cost.guards import Estimate, GuardSpec, RunGuard, check, estimate
+from tuneloop.cost.hardware import HARDWARE
+from tuneloop.models.presets import cost_table_markdown, load_user_presets, resolve_preset, spec_overrides
 from tuneloop.specs import RetrainSpec, validate_spec
 
 FLAT = {"name": "flat", "usd_per_hour": 10.0, "peak_tflops": 1.0, "mfu": 1.0}  # 3.6e15 FLOPs per hour
@@ -122,7 +123,7 @@ def test_unknown_preset_lists_known_names():
 
 
 def test_planned_tokens_follow_max_steps():
-    from tuneloop.sizing import planned_tokens
+    from tuneloop.cost.sizing import planned_tokens
 
     # 100 rows, batch 4 x accumulation 5 -> 5 steps per epoch
     assert planned_tokens(1000, 100, 4, 5, epochs=3, max_steps=None) == 3000

@@ -1,4 +1,4 @@
-"""tuneloop.observability: helpers, HTTP /metrics, textfile snapshot, multiprocess, dashboard.
+"""tuneloop.runtime.observability: helpers, HTTP /metrics, textfile snapshot, multiprocess, dashboard.
 
 Isolation: an autouse fixture calls ``reset_for_tests()`` so every test starts
 from a fresh, zeroed registry.
@@ -18,7 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tuneloop import observability as obs
+from tuneloop.runtime import observability as obs
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deployments" / "grafana-dashboard.json"
@@ -175,7 +175,7 @@ def test_multiprocess_mode_aggregates_across_processes(tmp_path):
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mp_dir)}
     writer = textwrap.dedent("""
         import sys
-        from tuneloop import observability as obs
+        from tuneloop.runtime import observability as obs
         obs.record_training_started("acme")
         obs.record_loss("r", float(sys.argv[1]), 10.0)
     """)
@@ -183,7 +183,7 @@ def test_multiprocess_mode_aggregates_across_processes(tmp_path):
         subprocess.run([sys.executable, "-c", writer, loss], env=env, check=True, timeout=30)
     reader = textwrap.dedent("""
         import sys
-        from tuneloop import observability as obs
+        from tuneloop.runtime import observability as obs
         assert obs.multiprocess_enabled()
         obs.write_textfile(sys.argv[1])
     """)

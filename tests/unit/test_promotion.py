@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tuneloop.errors import TuneloopError
-from tuneloop.promotion import Decision, decide
+from tuneloop.gate.decide import Decision, decide
 from tuneloop.specs import GateSpec as _GateSpec
 
 N = 10

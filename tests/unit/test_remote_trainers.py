@@ -21,7 +21,7 @@ from tuneloop.training import (
     IllegalTransition, Job, JobFailed, JobResult, Trainer, check_transition, make_trainer, note_from_prefect,
     status_from_prefect,
 )
-from tuneloop.training.autotrain import UnsafeArchiveError, unpack_adapter
+from tuneloop.training.remote.autotrain import UnsafeArchiveError, unpack_adapter
 from tuneloop.training.jobs import STATUSES
 
 KEY = "sk-test-key"
@@ -109,7 +109,7 @@ def test_openai_should_stop_cancels_the_job_and_says_why(tmp_path):
 
 
 def test_openai_run_guard_counts_only_running_time(tmp_path):
-    from tuneloop.guards import GuardSpec, RunGuard, estimate
+    from tuneloop.cost.guards import GuardSpec, RunGuard, estimate
 
     guard = RunGuard(GuardSpec(max_hours=1e-7), estimate(1000, 1, 10**6, "a100-large"))  # 0.36 ms of running
     with fake_openai_finetune(api_key=KEY, total_steps=50, slow=2) as ft:  # 4 polls in validating/queued
@@ -218,7 +218,7 @@ def test_make_trainer_reads_the_key_from_the_environment_and_names_a_missing_one
 @pytest.fixture(scope="module")
 def tiny_random_base(tmp_path_factory) -> str:
     """The tiny Llama's architecture and tokenizer, randomly initialized: no pretraining, built in seconds."""
-    import tuneloop.basemodel as basemodel
+    import tuneloop.models.base as basemodel
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(basemodel, "pretrain", lambda *a, **k: {"pretrain_epochs": 0})

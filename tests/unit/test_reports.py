@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tuneloop.registry import LocalRegistry
-from tuneloop.reports import (loss_chart_svg, metrics_chart_svg, render_html, render_json, render_markdown,
+from tuneloop.reports.render import (loss_chart_svg, metrics_chart_svg, render_html, render_json, render_markdown,
                               summary_from_registry, write_reports)
 
 SCRIPT = "<script>alert(1)</script>"

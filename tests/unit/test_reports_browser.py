@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from test_reports import full_summary, minimal_summary
-from tuneloop.reports import write_reports
+from tuneloop.reports.render import write_reports
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

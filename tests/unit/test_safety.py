@@ -11,7 +11,7 @@ import pytest
 
 from tuneloop.errors import RegistryError, UnsafeFileError, UserError
 from tuneloop.registry.store import LocalStore
-from tuneloop.safety import RedactingFilter, inside, refuse_pickles, safe_name, scrub
+from tuneloop.runtime.safety import RedactingFilter, inside, refuse_pickles, safe_name, scrub
 from tuneloop.specs import CollectSpec, SpecError, validate_spec
 
 
@@ -55,7 +55,7 @@ class Boom:
 
 
 def test_pickle_bearing_model_folders_are_refused_before_loading(tmp_path, capsys):
-    from tuneloop.basemodel import load_model
+    from tuneloop.models.base import load_model
     from tuneloop.evals.run import load_for_eval
 
     base = tmp_path / "base"

@@ -38,7 +38,7 @@ def test_schedules_and_triggers_are_declared():
     assert triggers["tuneloop.feedback.negative"]["within"] == 168 * 3600
     assert triggers["tuneloop.drift.detected"]["threshold"] == 1
     promote = by_name["promote"]
-    assert promote["triggers"][0]["expect"] == ["tuneloop.champion.changed"]  # emitted by tasks.registry
+    assert promote["triggers"][0]["expect"] == ["tuneloop.champion.changed"]  # emitted by tuneloop.tasks.registry
     assert promote["concurrency_limit"] == 1
 
 
@@ -55,7 +55,7 @@ def test_deployment_with_a_bad_parameter_is_refused(monkeypatch):
     from prefect.flows import load_flow_from_entrypoint
 
     monkeypatch.syspath_prepend(str(ROOT))
-    flow = load_flow_from_entrypoint(str(ROOT / "flows/retrain.py") + ":retrain")
+    flow = load_flow_from_entrypoint(str(ROOT / "src/tuneloop/flows/retrain.py") + ":retrain")
     with pytest.raises(ParameterTypeError):
         flow.validate_parameters({"spec": {"data": "x.jsonl", "training": {"rank": 0}}})
 

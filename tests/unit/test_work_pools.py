@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from tuneloop.presets import PRESETS, work_pool_for
+from tuneloop.cost.hardware import work_pool_for
+from tuneloop.models.presets import PRESETS
 
 TEMPLATES = sorted((ROOT / "deployments" / "work-pools").glob("*.json"))
 

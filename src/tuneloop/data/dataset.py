@@ -11,7 +11,7 @@ from typing import Callable
 
 from tuneloop.data.validate import Issue, Row, ValidationReport, validate_file
 from tuneloop.errors import DataValidationError, UserError
-from tuneloop.fsutil import atomic_write_text, publish_dir, staging_dir
+from tuneloop.runtime.fsutil import atomic_write_text, publish_dir, staging_dir
 from tuneloop.specs import DataSpec
 
 SPLITS = ("train", "validation", "test")

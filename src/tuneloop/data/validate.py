@@ -132,7 +132,7 @@ class ValidationReport:
         }
 
     def write(self, path: Path) -> Path:
-        from tuneloop.fsutil import atomic_write_text
+        from tuneloop.runtime.fsutil import atomic_write_text
 
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 

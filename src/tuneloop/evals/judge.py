@@ -31,7 +31,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuneloop.errors import TuneloopError, UserError
-from tuneloop.netutil import retry_delay
+from tuneloop.runtime.http import retry_delay
 
 __all__ = [
     "DEFAULT_RUBRICS", "GROUNDEDNESS", "HELPFULNESS", "PEDAGOGY", "SAFETY",
@@ -687,7 +687,7 @@ class RubricGate(BaseModel):
 
 
 def check_rubrics(report: JudgeReport, gate: RubricGate) -> list[dict]:
-    """Checks shaped like `tuneloop.promotion.decide`'s: {check, value, need, ok} (+ reason when not ok).
+    """Checks shaped like `tuneloop.gate.decide.decide`'s: {check, value, need, ok} (+ reason when not ok).
 
     Per gated rubric: its mean must reach the floor, and its judge failure rate must not
     exceed `max_failure_rate` (a judge that could not score 30% of items is no evidence).

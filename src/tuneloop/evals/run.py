@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from tuneloop.basemodel import load_model, load_tokenizer
-from tuneloop.chat import encode_chat
+from tuneloop.models.base import load_model, load_tokenizer
+from tuneloop.models.chat import encode_chat
 from tuneloop.data.validate import Row
+from tuneloop.evals.decode import greedy_generate, stop_table
 from tuneloop.evals.scoring import METRIC_NAMES, score_texts
 from tuneloop.specs import EvalSpec
 
@@ -41,7 +42,7 @@ def load_for_eval(base_path: str, adapter_dir: str | Path | None, quantization: 
     if adapter_dir is not None:
         from peft import PeftModel
 
-        from tuneloop.safety import refuse_pickles
+        from tuneloop.runtime.safety import refuse_pickles
 
         refuse_pickles(adapter_dir, f"adapter {adapter_dir}")
         model = PeftModel.from_pretrained(model, str(adapter_dir))
@@ -52,10 +53,8 @@ def load_for_eval(base_path: str, adapter_dir: str | Path | None, quantization: 
 def generate(model, tok, prompts: list[list[dict]], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy answers to chat prompts, batched (left padding, KV cache); each stops at an end token.
 
-    The same decoder as the generative benchmarks (`benchmarks.greedy_generate`), so outputs are
+    The same decoder as the generative benchmarks (`decode.greedy_generate`), so outputs are
     identical at every batch size."""
-    from tuneloop.evals.benchmarks import greedy_generate, stop_table
-
     stop, eos = stop_table(model, tok)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     enc = [encode_chat(tok, p, add_generation_prompt=True)[0] for p in prompts]

@@ -8,7 +8,6 @@ the sha256 of every file). See docs/export.md.
 """
 
 from tuneloop.export.api import TARGETS, ExportResult, export_version
-from tuneloop.export.cli import add_export_parser, cmd_export
 from tuneloop.export.int8 import load_int8_model
 
-__all__ = ["TARGETS", "ExportResult", "add_export_parser", "cmd_export", "export_version", "load_int8_model"]
+__all__ = ["TARGETS", "ExportResult", "export_version", "load_int8_model"]

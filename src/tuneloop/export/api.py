@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tuneloop.errors import UserError
 from tuneloop.export import readme, targets
-from tuneloop.fsutil import atomic_write_text, sha256_file, staging_dir
+from tuneloop.runtime.fsutil import atomic_write_text, sha256_file, staging_dir
 
 TARGETS = ("vllm", "ollama", "hf-hub", "dir")
 QUANTIZE = (None, "int8")
@@ -193,7 +193,7 @@ def export_version(base: str, adapter_dir: str | Path, target: str, out: str | P
 
 def write_ollama(base: str, adapter_dir: Path, staged: Path, out: Path, *, name: str, int8: bool, log=print):
     """Modelfile over model.gguf when llama.cpp's converter is found, else over the merged safetensors folder."""
-    from tuneloop.basemodel import load_tokenizer
+    from tuneloop.models.base import load_tokenizer
     from tuneloop.export.merge import write_merged
 
     converter = targets.find_gguf_converter()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneloop.basemodel import load_tokenizer
+from tuneloop.models.base import load_tokenizer
 from tuneloop.export.int8 import save_int8
 
 
@@ -30,7 +30,7 @@ def load_merged(base: str, adapter_dir: str | Path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tuneloop.safety import refuse_pickles
+    from tuneloop.runtime.safety import refuse_pickles
 
     refuse_pickles(base, f"base model {base}")
     refuse_pickles(adapter_dir, f"adapter {adapter_dir}")

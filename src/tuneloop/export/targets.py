@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tuneloop.chat import DEFAULT_TEMPLATE
+from tuneloop.models.chat import DEFAULT_TEMPLATE
 from tuneloop.errors import TransientError, UserError
 
 # vLLM's LoRAConfig accepts only these values for --max-lora-rank (default 16).

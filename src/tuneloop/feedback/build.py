@@ -24,10 +24,10 @@ from pathlib import Path
 from tuneloop.data.dataset import DATASHEET, LATEST
 from tuneloop.errors import UserError
 from tuneloop.feedback.dedup import dedupe
-from tuneloop.feedback.guard import apply_poisoning_guard
+from tuneloop.feedback.poisoning import apply_poisoning_guard
 from tuneloop.feedback.items import FeedbackItem, FeedbackPolicy
 from tuneloop.feedback.pii import redact, redact_messages
-from tuneloop.fsutil import atomic_write_text, publish_dir, staging_dir
+from tuneloop.runtime.fsutil import atomic_write_text, publish_dir, staging_dir
 
 
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from tuneloop.feedback.items import FeedbackItem
-from tuneloop.fsutil import atomic_write_text, locked
+from tuneloop.runtime.fsutil import atomic_write_text, locked
 
 
 def _without_secrets(item: FeedbackItem) -> FeedbackItem:
@@ -23,7 +23,7 @@ def _without_secrets(item: FeedbackItem) -> FeedbackItem:
     redacted, and counted, when a dataset is built (feedback/build.py)."""
     from dataclasses import replace
 
-    from tuneloop.safety import scrub
+    from tuneloop.runtime.safety import scrub
 
     def clean(v):
         if isinstance(v, str):

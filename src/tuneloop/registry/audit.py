@@ -45,7 +45,7 @@ def actor() -> str:
 
 
 def entry(action: str, version: str | None, tenant: str | None, details: dict | None = None) -> tuple[str, bytes]:
-    from tuneloop.safety import scrub
+    from tuneloop.runtime.safety import scrub
 
     if action not in ACTIONS:
         raise ValueError(f"unknown audit action {action!r}; known: {', '.join(ACTIONS)}")

@@ -30,7 +30,7 @@ from typing import Callable
 
 from tuneloop.errors import (ChecksumError, ConflictError, NotFoundError, RefusedError, RegistryError,
                              TransientError, UnsafeFileError)
-from tuneloop.fsutil import publish_dir, staging_dir
+from tuneloop.runtime.fsutil import publish_dir, staging_dir
 from tuneloop.registry import audit
 from tuneloop.registry.integrity import check_folder, manifest_files, unsafe_files
 from tuneloop.registry.query import STATUSES, check_tag_key, deleted_node, lineage_node, matching
@@ -50,7 +50,7 @@ def idempotency_key(adapter_dir: str | Path, dataset_version: str, spec: dict | 
     """What makes two registrations the same version: the adapter's bytes, its dataset and its spec."""
     import hashlib
 
-    from tuneloop.fsutil import sha256_file
+    from tuneloop.runtime.fsutil import sha256_file
 
     adapter_dir = Path(adapter_dir)
     files = sorted((p.relative_to(adapter_dir).as_posix(), sha256_file(p))

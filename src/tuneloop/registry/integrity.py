@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from tuneloop.errors import ChecksumError, RegistryError, UnsafeFileError
-from tuneloop.fsutil import sha256_file
-from tuneloop.safety import PICKLE_SUFFIXES  # torch.load / pickle: loading them can run code
+from tuneloop.runtime.fsutil import sha256_file
+from tuneloop.runtime.safety import PICKLE_SUFFIXES  # torch.load / pickle: loading them can run code
 
 
 def unsafe_files(paths) -> list[str]:

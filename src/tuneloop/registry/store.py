@@ -23,7 +23,7 @@ import hashlib
 from pathlib import Path
 
 from tuneloop.errors import ConflictError, RegistryError
-from tuneloop.fsutil import atomic_write, locked
+from tuneloop.runtime.fsutil import atomic_write, locked
 
 CHUNK = 1 << 20
 _NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a full quota, a file size limit

@@ -83,7 +83,7 @@ class Loader:
         return v.id, v.manifest.get("tenant") or DEFAULT_TENANT
 
     def __call__(self, ref: str) -> Engine:
-        from tuneloop.basemodel import resolve_base_model
+        from tuneloop.models.base import resolve_base_model
         from tuneloop.settings import get_settings
 
         models = get_settings().models_dir

@@ -39,7 +39,7 @@ class Engine:
 
     @classmethod
     def load(cls, version: str, base_path: str, adapter_dir: str | Path | None, base_model: str = "") -> "Engine":
-        from tuneloop.basemodel import load_model, load_tokenizer
+        from tuneloop.models.base import load_model, load_tokenizer
 
         tok = load_tokenizer(base_path)
         model = load_model(base_path)
@@ -87,7 +87,7 @@ class Engine:
 
     def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
              stop: list[str] | None = None, seed: int | None = None) -> Completion:
-        from tuneloop.chat import encode_chat
+        from tuneloop.models.chat import encode_chat
 
         ids = encode_chat(self.tok, messages, add_generation_prompt=True)[0]
         out = self._generate(ids, max_tokens, temperature, top_p, stop or [], seed)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.errors import UserError
-from tuneloop.safety import is_safe_name
+from tuneloop.runtime.safety import is_safe_name
 
 ROLES = ("user", "admin")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tuneloop.fsutil import atomic_write_text, publish_dir, staging_dir
+from tuneloop.runtime.fsutil import atomic_write_text, publish_dir, staging_dir
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:

@@ -26,10 +26,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from tuneloop.basemodel import device, load_model, load_tokenizer
-from tuneloop.chat import IGNORE, encode_chat
+from tuneloop.models.base import device, load_model, load_tokenizer
+from tuneloop.models.chat import IGNORE, encode_chat
 from tuneloop.data.validate import Row
-from tuneloop.fsutil import atomic_write_text, publish_dir, staging_dir
+from tuneloop.runtime.fsutil import atomic_write_text, publish_dir, staging_dir
 from tuneloop.specs import TrainingSpec
 from tuneloop.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from tuneloop.training.packing import collate as collate_batch

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from tuneloop.chat import IGNORE
+from tuneloop.models.chat import IGNORE
 
 Example = tuple[list[int], list[int]]  # (input ids, labels with IGNORE off the assistant tokens)
 

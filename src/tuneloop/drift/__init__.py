@@ -1,0 +1,1 @@
+"""Drift detection: has the traffic (prompts, scores) moved away from a reference period?"""

@@ -1,0 +1,1 @@
+"""The promotion gate: whether a candidate beats the incumbent on the same held-out items (a pure decision)."""

@@ -1,0 +1,1 @@
+"""What every layer leans on: atomic files, crash points, safety checks, the HTTP retry policy, Prometheus metrics."""

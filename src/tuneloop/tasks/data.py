@@ -1,0 +1,34 @@
+"""Base model and dataset preparation."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from tuneloop.tasks import TASK_DEFAULTS
+from tuneloop.models.base import load_tokenizer, resolve_base_model
+from tuneloop.models.chat import count_tokens
+from tuneloop.data import PreparedDataset, prepare_dataset
+from tuneloop.runtime.faults import crash_point
+from tuneloop.settings import get_settings
+from tuneloop.specs import RetrainSpec
+
+
+@task(name="prepare-base-model", **TASK_DEFAULTS)
+def prepare_base_model(name: str) -> str:
+    """Resolve a hub id or path; build and cache the tiny base on first use."""
+    logger = get_run_logger()
+    return resolve_base_model(name, get_settings().models_dir, log=logger.info)
+
+
+@task(name="validate-dataset", **TASK_DEFAULTS)
+def validate_dataset(spec: RetrainSpec, base_path: str) -> PreparedDataset:
+    """Validate every row, dedupe, split, leak-check and store the dataset version."""
+    settings = get_settings()
+    tok = load_tokenizer(base_path)
+    limit = spec.dataset.max_tokens or min(spec.training.max_seq_len, getattr(tok, "model_max_length", 10**9))
+    ds = prepare_dataset(spec.data, spec.dataset, eval_data=spec.eval_data, count_tokens=count_tokens(tok),
+                         max_tokens=limit, report_dir=settings.state_dir / "reports", tenant=spec.tenant)
+    ds.save(settings.datasets_dir)
+    crash_point("validate")
+    get_run_logger().info(f"dataset {ds.version[:16]}: {ds.manifest()['splits']}, {ds.stats}")
+    return ds

@@ -1,0 +1,73 @@
+"""Registry reads and writes: verified adapters, new versions and alias moves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
+
+from tuneloop.tasks import TASK_DEFAULTS
+from tuneloop.runtime import observability as metrics
+from tuneloop.gate.decide import Decision
+from tuneloop.runtime.faults import crash_point
+from tuneloop.registry import Version, idempotency_key, open_registry
+from tuneloop.reports.render import render_markdown, write_reports
+from tuneloop.settings import get_settings
+
+CHAMPION_EVENT = "tuneloop.champion.changed"
+
+
+@task(name="fetch-adapter", **TASK_DEFAULTS)
+def fetch_adapter(ref: str) -> Path:
+    """A local adapter folder for a registry version, every file checked against its sha256
+    (downloaded first from a remote registry)."""
+    return open_registry().adapter_for(ref)
+
+
+@task(name="register-candidate", **TASK_DEFAULTS)
+def register_candidate(adapter_dir, **manifest) -> Version:
+    """Idempotent: a retried run (after a crash anywhere past this point) finds the version its first
+    attempt registered, by the adapter's content and dataset, instead of adding a duplicate."""
+    registry = open_registry()
+    key = idempotency_key(adapter_dir, manifest["dataset_version"], manifest.get("spec"))
+    version = registry.create_version(adapter_dir, idempotency_key=key, **manifest)
+    crash_point("registry-written")  # between the registry write and the alias moves
+    registry.set_alias("challenger", version.id)
+    return version
+
+
+@task(name="apply-decision", **TASK_DEFAULTS)
+def apply_decision(version_id: str, decision: Decision, tenant: str = "default", *,
+                   expected_champion: str | None) -> None:
+    """The champion moves only if it is still `expected_champion`, the incumbent the gate compared against;
+    otherwise ConflictError (not retried: the decision is stale) and nothing changes."""
+    registry = open_registry()
+    registry.record_decision(version_id, decision.to_json(), expected_champion=expected_champion)
+    metrics.record_promotion(tenant, decision.promote)
+    metrics.record_evaluation(version_id, registry.get(version_id).metrics)
+    metrics.write_textfile(get_settings().state_dir / "metrics" / "tuneloop.prom")
+    if decision.promote:  # the `promote` deployment's trigger: a new champion goes to serving
+        emit_event(event=CHAMPION_EVENT, resource={"prefect.resource.id": f"tuneloop.model.{version_id}",
+                                                   "tuneloop.tenant": tenant},
+                   payload={"version": version_id, "replaced": expected_champion})
+
+
+@task(name="publish-report", **TASK_DEFAULTS)
+def publish_report(summary: dict) -> dict:
+    """The summary goes into the registry beside the version (JSON, Markdown, HTML); people read it
+    in the Prefect UI as a Markdown artifact and a metrics table."""
+    registry = open_registry()
+    registry.attach(summary["version"], "evaluation.json", summary)
+    out = registry.get(summary["version"]).path / "report"
+    paths = write_reports(summary, out)
+    registry.attach_folder(summary["version"], "report", out)  # a no-op when the registry is this folder
+    reason = summary["decision"]["reason"][:250]
+    create_markdown_artifact(render_markdown(summary), key="retrain-report", description=reason)
+    rows = [{"metric": m, "incumbent": summary["incumbent_metrics"].get(m), "candidate": v,
+             **({"ci_low": summary["intervals"][m]["low"], "ci_high": summary["intervals"][m]["high"]}
+                if m in summary.get("intervals", {}) else {})}
+            for m, v in summary["candidate_metrics"].items()]
+    create_table_artifact(rows, key="retrain-metrics", description=reason)
+    return {k: str(v) for k, v in paths.items()}

@@ -1,0 +1,1 @@
+"""Remote trainers: OpenAI-compatible fine-tuning services and AutoTrain-style REST services."""
