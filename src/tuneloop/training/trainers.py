@@ -1,18 +1,5 @@
-"""One interface over local and remote training: `Trainer.train(...) -> JobResult`.
-
-Three trainers share it: `LocalTrainer` (this machine, `train_lora`), `OpenAIFineTuningTrainer`
-(OpenAI's fine-tuning API or any service that copies it) and `AutoTrainTrainer` (an AutoTrain-style
-REST service that sends the adapter back). `make_trainer(kind, **options)` picks one; see
-docs/remote-trainers.md for the options of each.
-
-Callbacks are the local trainer's, plus one:
-- `log(line)`: human-readable progress;
-- `should_stop(step, total_steps, elapsed_s) -> reason | None`: asked after each step locally and
-  at each poll remotely (`elapsed_s` counts from when the job started running, so time spent in a
-  queue is not billed against a guard); a reason cancels the job and lands in `stopped_reason`;
-- `progress(event: JobEvent)`: every job event in order, including tuneloop's own ``status``
-  events when the job's status changes.
-"""
+"""The trainers behind `tuneloop.training.interface.Trainer`: `LocalTrainer` here, the remote ones in
+`tuneloop.training.remote`, and `make_trainer(kind, **options)` to pick one (see docs/remote-trainers.md)."""
 
 from __future__ import annotations
 
