@@ -61,7 +61,7 @@ from importlib import resources
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # flows/ and tasks/ import as packages, as from a deployment's entrypoint
+
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
 from procs import free_port, start, stop, wait_healthy  # noqa: E402  (the e2e tests' server helpers)
@@ -116,7 +116,7 @@ def instrumented(module):
             swap(obj, "fn", clock.wrap(f"body:{obj.name}", obj.fn))
             swap(module, name, clock.wrap(f"call:{obj.name}", obj))
     for mod_name, mod in list(sys.modules.items()):
-        if mod_name == "tasks" or mod_name.startswith("tasks."):
+        if mod_name == "tuneloop.tasks" or mod_name.startswith("tuneloop.tasks."):
             for fn_name in IN_BODY_API:
                 if callable(getattr(mod, fn_name, None)):
                     swap(mod, fn_name, clock.wrap(f"api:{fn_name}", getattr(mod, fn_name)))
