@@ -136,9 +136,10 @@ class HttpClient:
             except _NETWORK as e:
                 last = _describe(e)
                 if not idempotent and not isinstance(e, _NOT_SENT):
-                    raise self.failed(method, path, f"{last} after the request was sent; it may or may not have "
-                                      "been applied, so it is not repeated: check the service's state before "
-                                      "trying again", transient=False) from e
+                    raise self.failed(method, path, f"{last}; it was sent, so it may or may not have been applied "
+                                      "and is not repeated (a second one could apply it twice). Fix: check the "
+                                      "service's state, then call again if it was not applied",
+                                      transient=False) from e
             except httpx.HTTPError as e:  # a bad URL, too many redirects: retrying will not help
                 raise self.failed(method, path, _describe(e), transient=False) from e
             else:
