@@ -13,6 +13,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tuneloop.errors import SpecError
+from tuneloop.evals.scoring import METRIC_NAMES, PAIRED_METRICS
 
 TINY_BASE = "tuneloop/tiny-llama"
 
@@ -89,7 +90,7 @@ class EvalSpec(_Spec):
 class GateSpec(_Spec):
     """When a candidate may replace the champion."""
 
-    metric: Literal["exact_match", "token_f1", "rouge_l"] = "exact_match"
+    metric: Literal[PAIRED_METRICS] = "exact_match"
     margin: float = Field(0.02, ge=0.0, le=1.0, description="needed gain over the champion on the same items")
     min_metrics: dict[str, float] = Field(default_factory=lambda: {"exact_match": 0.0})
     max_perplexity: float | None = Field(None, gt=0)
@@ -103,10 +104,9 @@ class GateSpec(_Spec):
     @field_validator("min_metrics")
     @classmethod
     def _known(cls, v: dict[str, float]) -> dict[str, float]:
-        allowed = {"exact_match", "token_f1", "bleu", "rouge_l"}
-        bad = sorted(set(v) - allowed)
+        bad = sorted(set(v) - set(METRIC_NAMES))
         if bad:
-            raise ValueError(f"unknown metric(s) {bad}; allowed: {sorted(allowed)}")
+            raise ValueError(f"unknown metric(s) {bad}; allowed: {sorted(METRIC_NAMES)}")
         return v
 
 

@@ -12,6 +12,12 @@ import pathlib
 from collections.abc import Sequence
 
 METRIC_NAMES = ("exact_match", "token_f1", "bleu", "rouge_l")
+"""The text metrics, in report order: each is a module under ``metrics/``. The one list of metric names;
+the others below (and the specs' and reports' lists) derive from it."""
+PAIRED_METRICS = tuple(m for m in METRIC_NAMES if m != "bleu")
+"""Those scored per item, so the gate can pair candidate and champion item by item (BLEU is corpus-level)."""
+REPORTED_METRICS = (*METRIC_NAMES, "perplexity")
+"""What an evaluation reports: the text metrics and the held-out perplexity (`tuneloop.evals.run`)."""
 
 
 def metrics_dir() -> pathlib.Path:

@@ -30,12 +30,13 @@ _UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, as sur
 _SHAPE = 'one object per row, e.g. {"prompt": "...", "response": "...", "score": 0.9}'
 
 
-class RowError(ValueError):
-    """One row that cannot become a feedback item: what is wrong with it and how to fix it."""
+class RowError(UserError, ValueError):
+    """One row that cannot become a feedback item: what is wrong with it and how to fix it. Reported as
+    "line N: <problem>. Fix: <fix>" and skipped; the rest of the file is still read."""
 
     def __init__(self, problem: str, fix: str):
-        super().__init__(problem)
-        self.problem, self.fix = problem, fix
+        super().__init__("the row", problem, fix)
+        self.problem = problem
 
     def __str__(self) -> str:
         return f"{self.problem}. Fix: {self.fix}"

@@ -100,7 +100,7 @@ class Loader:
         return Engine.load(v.id, resolve_base_model(base, models, log=lambda m: None), adapter, base)
 
 
-class Denied(Exception):
+class Denied(TuneloopError):
     """401 (no or unknown key, wrong admin token) or 403 (a key without the role, or another tenant's data)."""
 
     def __init__(self, status: int, message: str):

@@ -13,12 +13,14 @@ from contextlib import asynccontextmanager
 
 import anyio
 
+from tuneloop.errors import TransientError, UserError
+
 DEFAULT_MAX_CONCURRENCY = 4
 DEFAULT_MAX_QUEUE = 16
 
 
-class Overloaded(Exception):
-    """Every generation slot is busy and the queue is full."""
+class Overloaded(TransientError):
+    """Every generation slot is busy and the queue is full: the server answers 429 with Retry-After."""
 
     def __init__(self, retry_after_s: int, running: int, waiting: int):
         self.retry_after_s, self.running, self.waiting = retry_after_s, running, waiting
@@ -27,8 +29,6 @@ class Overloaded(Exception):
 
 class Admission:
     def __init__(self, max_concurrency: int = DEFAULT_MAX_CONCURRENCY, max_queue: int = DEFAULT_MAX_QUEUE):
-        from tuneloop.errors import UserError
-
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
             raise UserError(f"max_concurrency={max_concurrency!r}", "at least one generation must be able to run",
                             "give --max-concurrency 1 or more")

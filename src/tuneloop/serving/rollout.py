@@ -18,7 +18,8 @@ from pathlib import Path
 
 import httpx
 
-from tuneloop.errors import TransientError, TuneloopError, UserError
+from tuneloop.errors import TuneloopError, UserError
+from tuneloop.runtime.http import HttpClient, server_message
 
 
 class PromotionError(TuneloopError):
@@ -47,57 +48,53 @@ class Check:
         return asdict(self)
 
 
-class ServingAdmin:
-    """Client of a tuneloop server's admin and OpenAI routes."""
+class ServingAdmin(HttpClient):
+    """Client of a tuneloop server's admin and OpenAI routes, with `HttpClient`'s retries.
 
-    def __init__(self, server: str, token: str | None = None, timeout: float = 120.0):
-        self.server = server.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout)
+    Which calls are retried once sent (tuneloop.runtime.http's idempotency rule): status and stats (GET),
+    switch and canary (they set a named state: applied twice, nothing changes). Load, unload and rollback
+    are not: a second rollback undoes the first, and a second load starts over while the first still runs.
+    """
 
-    def _call(self, method: str, path: str, **kw) -> dict:
-        try:
-            r = self.http.request(method, path, **kw)
-        except httpx.TransportError as e:
-            raise TransientError(f"serving endpoint {self.server} unreachable ({type(e).__name__}: {e}); "
-                                 "is `tuneloop serve` running there?") from e
-        try:
-            body = r.json()
-        except ValueError:
-            body = {"error": {"message": r.text[:500]}}
-        if r.status_code >= 400:
-            msg = body.get("error", {}).get("message", r.text[:500]) if isinstance(body, dict) else r.text[:500]
-            raise PromotionError(f"{method} {path} -> {r.status_code}: {msg}")
-        return body
+    def __init__(self, server: str, token: str | None = None, timeout: float = 120.0, *, max_retries: int = 2,
+                 backoff: float = 0.5, transport: httpx.BaseTransport | None = None):
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        super().__init__(server, "the tuneloop server", headers=headers, timeout=timeout, max_retries=max_retries,
+                         backoff=backoff, max_backoff=8.0, transport=transport)
+        self.server = self.base_url
+
+    def refused(self, r: httpx.Response, method: str, path: str, sent: dict | None) -> TuneloopError:
+        return PromotionError(f"{method} {path} -> {r.status_code}: {server_message(r)[0]}")
 
     def status(self) -> dict:
-        return self._call("GET", "/admin/status")
+        return self.json("GET", "/admin/status")
 
     def load(self, slot: str, version: str) -> dict:
-        return self._call("POST", f"/admin/slots/{slot}/load", json={"version": version})
+        return self.json("POST", f"/admin/slots/{slot}/load", json_body={"version": version})
 
     def unload(self, slot: str) -> dict:
-        return self._call("POST", f"/admin/slots/{slot}/unload")
+        return self.json("POST", f"/admin/slots/{slot}/unload")
 
     def switch(self, slot: str) -> dict:
-        return self._call("POST", "/admin/switch", json={"slot": slot})
+        return self.json("POST", "/admin/switch", idempotent=True, json_body={"slot": slot})
 
     def canary(self, slot: str, weight: float) -> dict:
-        return self._call("POST", "/admin/canary", json={"slot": slot, "weight": weight})
+        return self.json("POST", "/admin/canary", idempotent=True, json_body={"slot": slot, "weight": weight})
 
     def rollback(self) -> dict:
-        return self._call("POST", "/admin/rollback")
+        return self.json("POST", "/admin/rollback")
 
     def stats(self, slot: str, since: float | None = None, version: str | None = None) -> dict:
         params = {k: v for k, v in (("since", since), ("version", version)) if v is not None}
-        return self._call("GET", f"/admin/slots/{slot}/stats", params=params)
+        return self.json("GET", f"/admin/slots/{slot}/stats", params=params)
 
     def ask(self, model: str, messages: list[dict], max_tokens: int) -> tuple[str | None, float, dict]:
-        """(answer or None on failure, seconds, response headers) for one chat completion, temperature 0."""
+        """(answer or None on failure, seconds, response headers) for one chat completion, temperature 0.
+        Never retried: a probe measures the server, so a failure counts as one."""
         t0 = time.perf_counter()
         try:
-            r = self.http.post("/v1/chat/completions", json={"model": model, "messages": messages,
-                                                            "max_tokens": max_tokens, "temperature": 0})
+            r = self.http.post(f"{self.base_url}/v1/chat/completions",
+                               json={"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0})
             dt = time.perf_counter() - t0
             if r.status_code != 200:
                 return None, dt, dict(r.headers)
