@@ -30,7 +30,6 @@ os.environ.update({
     "PREFECT_PROFILE": "local",
 })
 
-import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from importlib import resources  # noqa: E402
@@ -38,6 +37,7 @@ from importlib import resources  # noqa: E402
 import httpx  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+from fakes.base import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,11 +108,6 @@ def s3_bucket(s3_endpoint) -> str:
 
 
 # -- serving: a trained adapter, a registry holding it, real HTTP servers (uvicorn on loopback) --
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="session")
 def good_adapter(tiny_base, demo_files, tmp_path_factory) -> Path:
