@@ -132,6 +132,7 @@ def minilm_pool():
     return base, new
 
 
+@pytest.mark.model
 def test_minilm_fires_on_shift_and_not_on_same_distribution(minilm_pool):
     base, new = minilm_pool
     shifted_hits = unshifted_hits = 0
