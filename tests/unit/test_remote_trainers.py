@@ -370,6 +370,7 @@ def test_unpack_adapter_refuses_unsafe_archives(tmp_path, bad, error, match):
     assert not (tmp_path / "evil.safetensors").exists() and not list((tmp_path / "out").glob("**/*.bin"))
 
 
+@pytest.mark.model
 def test_unpack_adapter_zip_traversal_and_size_cap(tmp_path, lora_adapter):
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:
