@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 export PREFECT_PROFILES_PATH := $(CURDIR)/src/tuneloop/assets/prefect-profiles.toml
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test ui clean bench
+.PHONY: install demo test test-fast ui clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The inner loop: no training, no Prefect, no servers or processes (`slow` and its finer marks in pyproject.toml).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # Every bench/*.py once, short settings (about 11 min on 2 idle CPU cores); peers come from the bench extra.
 bench: $(STAMP)

@@ -36,7 +36,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from tuneloop.models.base import load_tokenizer, resolve_base_model  # noqa: E402
-from tuneloop.evals import benchmarks as B  # noqa: E402
+from tuneloop.evals import benchmarks as B, loglikelihood as LL, suite as S  # noqa: E402
 from tuneloop.evals.run import generate, load_for_eval  # noqa: E402
 from tuneloop.specs import TINY_BASE  # noqa: E402
 
@@ -78,13 +78,13 @@ def workload(gen_copies: int) -> tuple[list[dict], list[dict]]:
 
 
 def run(model, tok, mc, gen, chats, bs: int, max_new_tokens: int) -> tuple[dict, dict]:
-    reqs = [(it["context"], B.continuation_for(it["context"], c)) for it in mc for c in it["choices"]]
+    reqs = [(it["context"], LL.continuation_for(it["context"], c)) for it in mc for c in it["choices"]]
     t0 = time.perf_counter()
-    lls = B.loglikelihoods(model, tok, reqs, bs)
+    lls = LL.loglikelihoods(model, tok, reqs, bs)
     t1 = time.perf_counter()
-    mcs = B.score_multiple_choice(model, tok, mc, bs)  # includes its own log-likelihood pass
+    mcs = LL.score_multiple_choice(model, tok, mc, bs)  # includes its own log-likelihood pass
     t2 = time.perf_counter()
-    gens = B.score_generative(model, tok, gen, max_new_tokens, bs)
+    gens = S.score_generative(model, tok, gen, max_new_tokens, bs)
     t3 = time.perf_counter()
     answers = generate(model, tok, chats, max_new_tokens, bs)
     t4 = time.perf_counter()

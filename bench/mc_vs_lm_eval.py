@@ -10,7 +10,7 @@ the demo's intent routing written as an MC file (120 held-out messages, six
 intents each). lm-eval reads each file through a task YAML of its JSON-file
 type (`dataset_path: json`, `data_files`), runs the model object in-process
 (`HFLM(pretrained=<model>)`) and computes acc and acc_norm; tuneloop runs
-`evals.benchmarks.run_benchmark` on the file.
+`evals.suite.run_benchmark` on the file.
 
 Both get their best settings: the same batch size, one torch thread (on the
 shared 2-core machines two threads contend and runs become erratic; `--threads
@@ -51,7 +51,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval and datasets draw progress bars
 
 from tuneloop.models.base import load_model, load_tokenizer, resolve_base_model  # noqa: E402
-from tuneloop.evals import benchmarks as B  # noqa: E402
+from tuneloop.evals import benchmarks as B, loglikelihood as LL, suite as S  # noqa: E402
 from tuneloop.specs import TINY_BASE  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,8 +116,8 @@ def run_lm_eval(lm, task_manager, tasks: list[str], batch_size: int) -> dict[str
     return {t: sorted(res["samples"][t], key=lambda s: s["doc_id"]) for t in tasks}
 
 
-def run_tuneloop(model, tok, files: dict[str, Path], batch_size: int) -> dict[str, B.BenchmarkResult]:
-    return {name: B.run_benchmark(model, tok, str(path), batch_size) for name, path in files.items()}
+def run_tuneloop(model, tok, files: dict[str, Path], batch_size: int) -> dict[str, S.BenchmarkResult]:
+    return {name: S.run_benchmark(model, tok, str(path), batch_size) for name, path in files.items()}
 
 
 def main() -> None:
@@ -191,8 +191,8 @@ def main() -> None:
         items = B.load_benchmark(path).items
         samples = theirs[f"tl_{name}"]
         assert len(samples) == len(items), (name, len(samples), len(items))
-        reqs = [(it["context"], B.continuation_for(it["context"], c)) for it in items for c in it["choices"]]
-        mine = B.loglikelihoods(model, tok, reqs, args.batch_size)
+        reqs = [(it["context"], LL.continuation_for(it["context"], c)) for it in items for c in it["choices"]]
+        mine = LL.loglikelihoods(model, tok, reqs, args.batch_size)
         flat = [resp for s in samples for resp in s["filtered_resps"]]
         for (a, ga), (b, gb), req in zip(mine, flat, reqs):
             ll_diff = max(ll_diff, abs(a - float(b)))
@@ -211,7 +211,7 @@ def main() -> None:
     model_best = {"lm-eval": float("inf"), "tuneloop": float("inf")}
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        B.loglikelihoods(model, tok, requests, args.batch_size)
+        LL.loglikelihoods(model, tok, requests, args.batch_size)
         t1 = time.perf_counter()
         lm.loglikelihood(insts, disable_tqdm=True)
         t2 = time.perf_counter()

@@ -7,6 +7,7 @@ or prefect, since they read their settings once.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import tempfile
@@ -30,6 +31,7 @@ os.environ.update({
     "PREFECT_PROFILE": "local",
 })
 
+import subprocess  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -38,8 +40,89 @@ from importlib import resources  # noqa: E402
 import httpx  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+from fakes.base import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- test tiers: `pytest -m "not slow"` (make test-fast) is the inner loop. A test that trains or runs a model,
+# starts Prefect, or starts a server or a process is `slow`, and one of the finer marks below says which. A
+# test using one of these fixtures gets its mark (and `slow`) by rule; a test marked `model`, `prefect` or
+# `server` by hand gets `slow` too; the guard installed by `pytest_configure` fails a fast test that does
+# any of it anyway.
+TIER_FIXTURES = {
+    "model": ("tiny_base",),  # good_adapter, broken_adapter, registry and make_server build on it
+    "prefect": ("prefect_harness",),
+    "server": ("s3_endpoint", "make_server", "langsmith_fake"),
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for mark, fixtures in TIER_FIXTURES.items():
+            if not item.get_closest_marker(mark) and any(f in item.fixturenames for f in fixtures):
+                item.add_marker(mark)
+        if not item.get_closest_marker("slow") and any(item.get_closest_marker(m) for m in TIER_FIXTURES):
+            item.add_marker("slow")
+
+
+class TierError(AssertionError):
+    """A test outside the slow tier did something slow."""
+
+
+_FAST_TEST: list[str | None] = [None]  # the node id of the fast test being set up, run or torn down
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Covers the test's fixtures of every scope, not only the test body."""
+    _FAST_TEST[0] = None if item.get_closest_marker("slow") else item.nodeid
+    try:
+        yield
+    finally:
+        _FAST_TEST[0] = None
+
+
+def _refuse(what: str, mark: str) -> None:
+    if _FAST_TEST[0] is not None:
+        raise TierError(f"{_FAST_TEST[0]} {what}, but is not marked slow: add @pytest.mark.{mark} "
+                        "(or use a fixture from TIER_FIXTURES in tests/conftest.py)")
+
+
+def _guarded(module, name: str, what: str, mark: str) -> None:
+    original = getattr(module, name)
+
+    @functools.wraps(original)
+    def guarded(*args, **kwargs):
+        _refuse(what, mark)
+        return original(*args, **kwargs)
+
+    setattr(module, name, guarded)
+
+
+def pytest_configure(config):
+    """The tier guard: in a fast test, training, building the tiny base, loading MiniLM, starting a process
+    (Prefect's API server, moto, the CLI) or listening on a socket fails at once, naming the mark to add."""
+    import tuneloop.drift.embeddings
+    import tuneloop.models.base
+    import tuneloop.training.loop
+
+    _guarded(tuneloop.training.loop, "build_lora_model", "trains a LoRA adapter", "model")
+    _guarded(tuneloop.models.base, "build_tiny_base", "builds the tiny base model", "model")
+    _guarded(tuneloop.drift.embeddings, "_load_minilm", "loads the MiniLM embedding model", "model")
+    _guarded(socket.socket, "listen", "starts a server (listens on a socket)", "server")
+    popen_init = subprocess.Popen.__init__
+
+    @functools.wraps(popen_init)
+    def popen(self, args, *rest, **kwargs):
+        if _FAST_TEST[0] is not None:
+            cmd = " ".join(map(str, args)) if isinstance(args, (list, tuple)) else str(args)
+            cmd = " ".join(cmd.split())  # `python -c` code on one line
+            _refuse(f"starts a process ({cmd[:120]})", "prefect" if "prefect" in cmd else "server")
+        popen_init(self, args, *rest, **kwargs)
+
+    subprocess.Popen.__init__ = popen
 
 
 @pytest.fixture
@@ -108,11 +191,6 @@ def s3_bucket(s3_endpoint) -> str:
 
 
 # -- serving: a trained adapter, a registry holding it, real HTTP servers (uvicorn on loopback) --
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="session")
 def good_adapter(tiny_base, demo_files, tmp_path_factory) -> Path:

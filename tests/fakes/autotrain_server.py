@@ -22,12 +22,11 @@ import re
 import tarfile
 import time
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
-from fakes.job_service import Answer, FakeService, error_answer, json_answer
+from fakes.base import Answer, json_answer
+from fakes.job_service import FakeService, error_answer
 
 DEFAULT_FAILURE = {"code": "training_error", "message": "CUDA out of memory. Tried to allocate 2.00 GiB"}
 
@@ -154,10 +153,6 @@ class FakeAutoTrain(FakeService):
         return json_answer(201, job.to_json())
 
 
-@contextmanager
-def fake_autotrain(token: str | None = None, **kw) -> Iterator[FakeAutoTrain]:
-    fake = FakeAutoTrain(token=token, **kw).start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
+def fake_autotrain(token: str | None = None, **kw) -> FakeAutoTrain:
+    """A fake to run with `with`: started on 127.0.0.1 and a free port, stopped on exit."""
+    return FakeAutoTrain(token=token, **kw)

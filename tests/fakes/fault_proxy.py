@@ -30,9 +30,11 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
+
+from fakes.base import FakeServer
 
 KINDS = ("pass", "error", "drop", "reset", "hang")
 _HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
@@ -73,12 +75,15 @@ class _State:
     rules: list[Rule] = field(default_factory=list)
     log: list[Seen] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    release: threading.Event = field(default_factory=threading.Event)
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like a real S3 endpoint; boto3 pools connections
-    state: _State
+    fake: FaultProxy
+
+    @property
+    def state(self) -> _State:
+        return self.fake.state
 
     def log_message(self, format, *args) -> None:  # noqa: A002 - quiet: tests read `seen()` instead
         pass
@@ -155,7 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
             seen = Seen(time.monotonic(), self.command, self.path, rule.kind if rule else "pass")
             self.state.log.append(seen)
         if rule is not None and rule.delay:
-            self.state.release.wait(rule.delay)
+            self.fake.stopping.wait(rule.delay)
         upstream = None
         if rule is None or rule.kind == "pass" or rule.landed:
             try:
@@ -173,7 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
                 seen.status = rule.status
                 self._error(rule)
             elif kind == "hang":
-                self.state.release.wait(_HANG_LIMIT)
+                self.fake.stopping.wait(_HANG_LIMIT)
                 self._close(reset=False)
             else:
                 self._close(reset=kind == "reset")
@@ -190,31 +195,17 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the connection was dropped on purpose
 
 
-class FaultProxy:
-    """A threaded reverse proxy on 127.0.0.1 in front of `upstream` (http://host:port)."""
+class FaultProxy(FakeServer):
+    """A threaded reverse proxy on 127.0.0.1 in front of `upstream` (http://host:port); stopping it ends
+    hung and delayed requests."""
+
+    name = "fault-proxy"
+    handler = _Handler
 
     def __init__(self, upstream: str):
+        super().__init__()
         parts = urlsplit(upstream)
         self.state = _State((parts.hostname or "127.0.0.1", parts.port or 80))
-        handler = type("Handler", (_Handler,), {"state": self.state})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
-
-    def __enter__(self) -> FaultProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self.state.release.set()  # hung and delayed requests end now
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(10)
 
     def add(self, kind: str, *, method: str | None = None, path: str | None = None, times: int | None = None,
             status: int = 503, code: str = "ServiceUnavailable", delay: float = 0.0, landed: bool = False) -> Rule:

@@ -26,13 +26,12 @@ import hashlib
 import json
 import re
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 from urllib.parse import unquote, urlparse
 
 import yaml
+
+from fakes.base import Answer, FakeServer, json_answer
 
 REPO_ROUTE = re.compile(r"^/api/(models|datasets|spaces)/(.+?)(?:/(preupload|commit|revision)/([^/]+))?$")
 
@@ -54,17 +53,18 @@ class Repo:
         return self.commits[-1]["oid"] if self.commits else "0" * 40
 
 
-class FakeHfHub:
+class FakeHfHub(FakeServer):
     """In-memory Hub; `start()`/`stop()` or use `fake_hf_hub()`."""
 
+    name = "fake-hf-hub"
+
     def __init__(self, token: str = "hf_fake_write_token", user: str = "tester"):
+        super().__init__()
         self.token, self.user = token, user
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, auth or not
         self._fail = 0
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     def fail_next(self, n: int = 1) -> None:
         self._fail = n
@@ -142,67 +142,11 @@ class FakeHfHub:
                     return (*self._info(repo), {})
             return 404, {"error": f"fake hub does not serve {method} {path}"}, {}
 
-    # -- server -------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "not started"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> "FakeHfHub":
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out as two writes: avoid 40 ms delayed-ACK stalls
-
-            def _serve(self, method: str) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                try:
-                    status, body, headers = fake.handle(method, urlparse(self.path).path,
-                                                        self.headers.get("Authorization"), raw)
-                except Exception as e:  # a bug in the fake: answer 500 so the test shows it
-                    status, body, headers = 500, {"error": f"fake error: {e!r}"}, {}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._serve("GET")
-
-            def do_POST(self):
-                self._serve("POST")
-
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-hf-hub", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
-            self._server = self._thread = None
+    def serve(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Answer:
+        status, body, extra = self.handle(method, urlparse(target).path, headers.get("authorization"), raw)
+        return json_answer(status, body, extra)
 
 
-@contextmanager
-def fake_hf_hub(token: str = "hf_fake_write_token") -> Iterator[FakeHfHub]:
-    """A running fake on 127.0.0.1 and a free port, stopped on exit."""
-    fake = FakeHfHub(token).start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
+def fake_hf_hub(token: str = "hf_fake_write_token") -> FakeHfHub:
+    """A fake to run with `with`: started on 127.0.0.1 and a free port, stopped on exit."""
+    return FakeHfHub(token)

@@ -1,4 +1,4 @@
-"""What the fake training services share: a loopback HTTP server in a thread, bearer auth,
+"""What the fake training services share (beyond the HTTP plumbing of `fakes.base`): bearer auth,
 request recording and scripted failures.
 
 `fail_next("POST /v1/files", Fail(429, retry_after="0"), Slow(1.0))` makes the next matching
@@ -14,11 +14,10 @@ import fnmatch
 import json
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Union
 from urllib.parse import parse_qs, urlparse
 
-
+from fakes.base import Answer, FakeServer, json_answer
 
 @dataclass(frozen=True)
 class Fail:
@@ -34,11 +33,6 @@ class Slow:
 
 
 Scripted = Union[Fail, Slow]
-Answer = tuple[int, dict[str, str], bytes]
-
-
-def json_answer(code: int, obj: object) -> Answer:
-    return code, {"Content-Type": "application/json"}, json.dumps(obj).encode()
 
 
 def error_answer(code: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
@@ -46,17 +40,15 @@ def error_answer(code: int, message: str, kind: str = "invalid_request_error", p
     return json_answer(code, {"error": {"message": message, "type": kind, "param": param, "code": err_code}})
 
 
-class FakeService:
+class FakeService(FakeServer):
     name = "fake-service"
-    prefix = ""  # the base URL's path, e.g. "/v1"
 
     def __init__(self, token: str | None = None, delay_s: float = 0.0):
+        super().__init__()
         self.token, self.delay_s = token, delay_s
         self.requests: list[dict] = []
         self.lock = threading.RLock()
         self._scripts: list[tuple[str, list[Scripted]]] = []
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
 
     def fail_next(self, route: str, *replies: Scripted) -> None:
         with self.lock:
@@ -77,7 +69,7 @@ class FakeService:
                     return replies.pop(0)
         return None
 
-    def handle(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Answer:
+    def serve(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Answer:
         url = urlparse(target)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         try:
@@ -87,10 +79,10 @@ class FakeService:
         with self.lock:
             self.requests.append({"method": method, "path": url.path, "query": query, "headers": headers,
                                   "body": body, "raw": raw})
-        if self.delay_s and self._stopping.wait(self.delay_s):
+        if self.delay_s and self.stopping.wait(self.delay_s):
             return 503, {}, b""
         scripted = self._scripted(method, url.path)
-        if isinstance(scripted, Slow) and self._stopping.wait(scripted.seconds):
+        if isinstance(scripted, Slow) and self.stopping.wait(scripted.seconds):
             return 503, {}, b""
         if isinstance(scripted, Fail):
             code, out, data = error_answer(scripted.code, scripted.message, "fake_error", err_code=scripted.err_code)
@@ -104,51 +96,3 @@ class FakeService:
             return error_answer(404, f"{self.name} does not serve {url.path}", err_code="not_found")
         with self.lock:
             return self.route(method, url.path[len(self.prefix):], query, headers, raw)
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "not started"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{self.prefix}"
-
-    def start(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _serve(self, method: str) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                code, out, data = fake.handle(method, self.path, headers, raw)
-                try:
-                    self.send_response(code)
-                    for k, v in out.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
-                    pass
-
-            def do_GET(self):
-                self._serve("GET")
-
-            def do_POST(self):
-                self._serve("POST")
-
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                         name=self.name, daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

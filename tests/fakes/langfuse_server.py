@@ -26,12 +26,12 @@ import base64
 import json
 import threading
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from fakes.base import Answer, FakeServer, json_answer
 
 PROJECT_ID = "proj-fake"
 _SCORE_FIELD_GROUPS = {"details", "subject", "annotation"}
@@ -98,10 +98,13 @@ class Score:
     environment: str = "default"
 
 
-class FakeLangfuse:
+class FakeLangfuse(FakeServer):
     """In-memory Langfuse project; `start()`/`stop()` or use `fake_langfuse()`."""
 
+    name = "fake-langfuse"
+
     def __init__(self, public_key: str = "pk-lf-test", secret_key: str = "sk-lf-test"):
+        super().__init__()
         self.public_key, self.secret_key = public_key, secret_key
         self.traces: dict[str, Trace] = {}
         self.observations: list[Observation] = []
@@ -112,8 +115,6 @@ class FakeLangfuse:
         self._lock = threading.Lock()
         # a deterministic clock: each object added without a time is 1 s after the previous one
         self._clock = datetime(2025, 1, 1, tzinfo=timezone.utc)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- data ---------------------------------------------------------------
 
@@ -292,68 +293,12 @@ class FakeLangfuse:
 
     # -- server -------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "not started"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> "FakeLangfuse":
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body go out as two writes: avoid 40 ms delayed-ACK stalls
-
-            def _serve(self, method: str) -> None:
-                u = urlparse(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                query = {k: v[-1] for k, v in parse_qs(u.query).items()}
-                try:
-                    status, body = fake.handle(method, u.path, query, self.headers.get("Authorization"))
-                except Exception as e:  # a bug in the fake: answer 500 so the test shows it
-                    status, body = 500, {"message": f"fake error: {e!r}"}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._serve("GET")
-
-            def do_POST(self):
-                self._serve("POST")
-
-            def do_DELETE(self):
-                self._serve("DELETE")
-
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-langfuse", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
-            self._server = self._thread = None
+    def serve(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Answer:
+        u = urlparse(target)
+        query = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        return json_answer(*self.handle(method, u.path, query, headers.get("authorization")))
 
 
-@contextmanager
-def fake_langfuse(public_key: str = "pk-lf-test", secret_key: str = "sk-lf-test") -> Iterator[FakeLangfuse]:
-    """A running fake on 127.0.0.1 and a free port, stopped on exit."""
-    fake = FakeLangfuse(public_key, secret_key).start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
+def fake_langfuse(public_key: str = "pk-lf-test", secret_key: str = "sk-lf-test") -> FakeLangfuse:
+    """A fake to run with `with`: started on 127.0.0.1 and a free port, stopped on exit."""
+    return FakeLangfuse(public_key, secret_key)

@@ -27,16 +27,16 @@ of /runs/query) and `requests` (a log of what was called).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from fakes.base import Answer, FakeServer, json_answer
 
 TENANT_ID = "00000000-0000-4000-8000-000000000001"
 FEEDBACK_MAX_LIMIT = 100  # the real API caps one page of GET /feedback at 100
@@ -62,10 +62,13 @@ def _as_list(v: Any) -> list:
     return [str(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
 
 
-class FakeLangSmith:
+class FakeLangSmith(FakeServer):
     """The in-memory state and the HTTP server around it."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    name = "fake-langsmith"
+
+    def __init__(self):
+        super().__init__()
         self.projects: dict[str, dict] = {}  # id -> project
         self.runs: dict[str, dict] = {}  # id -> run
         self.feedback: dict[str, dict] = {}  # id -> feedback
@@ -75,27 +78,9 @@ class FakeLangSmith:
         self._failures: list[int | None] = []  # for the next requests: a status, or None to pass
         self._lock = threading.RLock()
         self._clock = datetime.now(timezone.utc) - timedelta(days=1)
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
-    # ---- lifecycle ----------------------------------------------------------
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> "FakeLangSmith":
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-langsmith", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    def serve(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Answer:
+        return json_answer(*self.handle(method, target, headers, raw))
 
     # ---- test controls ------------------------------------------------------
     def fail_next(self, n: int, status: int = 503, *, after: int = 0) -> None:
@@ -308,50 +293,13 @@ class FakeLangSmith:
         return 200, items[offset:offset + limit]
 
 
-def _handler_for(fake: FakeLangSmith) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive, like the real API
-
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            try:
-                status, payload = fake.handle(self.command, self.path, headers, body)
-            except Exception as e:  # a bug in the fake: answer 500 with the reason, do not hang
-                status, payload = 500, {"detail": f"fake server error: {e!r}"}
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet
-            pass
-
-    return Handler
-
-
-@contextlib.contextmanager
-def running_fake_langsmith() -> Iterator[FakeLangSmith]:
-    """A started fake on 127.0.0.1 and a free port; stopped on exit."""
-    fake = FakeLangSmith().start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
-
-
 @pytest.fixture
 def langsmith_fake(monkeypatch) -> Iterator[FakeLangSmith]:
     """A fresh fake LangSmith per test, with tracing off and the SDK's default
     endpoint pointed at it, so nothing tries to reach the internet."""
     for var in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY", "LANGSMITH_WORKSPACE_ID", "LANGSMITH_PROFILE"):
         monkeypatch.delenv(var, raising=False)
-    with running_fake_langsmith() as fake:
+    with FakeLangSmith() as fake:
         monkeypatch.setenv("LANGSMITH_TRACING", "false")
         monkeypatch.setenv("LANGSMITH_TRACING_V2", "false")
         monkeypatch.setenv("LANGCHAIN_TRACING_V2", "false")

@@ -27,13 +27,12 @@ import itertools
 import json
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import default as email_policy
-from typing import Iterator
 
-from fakes.job_service import Answer, FakeService, error_answer, json_answer
+from fakes.base import Answer, json_answer
+from fakes.job_service import FakeService, error_answer
 
 DEFAULT_FAILURE = {"code": "invalid_training_file", "param": "training_file",
                    "message": "The job failed due to an invalid training file. Invalid file format. "
@@ -231,10 +230,6 @@ def _page(items: list[dict], query: dict[str, str]) -> dict:
             "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
 
 
-@contextmanager
-def fake_openai_finetune(api_key: str | None = None, **kw) -> Iterator[FakeOpenAIFineTuning]:
-    fake = FakeOpenAIFineTuning(api_key=api_key, **kw).start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
+def fake_openai_finetune(api_key: str | None = None, **kw) -> FakeOpenAIFineTuning:
+    """A fake to run with `with`: started on 127.0.0.1 and a free port, stopped on exit."""
+    return FakeOpenAIFineTuning(api_key=api_key, **kw)

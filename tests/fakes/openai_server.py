@@ -23,10 +23,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator, Union
+from typing import Union
+
+from fakes.base import Answer, FakeServer, json_answer
+from fakes.job_service import error_answer
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,17 @@ class Raw:
 Reply = Union[str, Status, Hang, Raw]
 
 
-class FakeOpenAI:
+class FakeOpenAI(FakeServer):
+    name = "fake-openai"
+    prefix = "/v1"  # the base URL ends in /v1 like a real OpenAI-compatible endpoint
+
     def __init__(self, api_key: str | None = None, default: Reply = '{"score": 3, "reason": "default reply"}'):
+        super().__init__()
         self.api_key = api_key
         self.default = default
         self.requests: list[dict] = []
         self._scripts: list[tuple[tuple[str, ...], list[Reply]]] = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
 
     def script(self, marker: str | tuple[str, ...], *replies: Reply) -> None:
         assert replies, "give at least one reply"
@@ -81,7 +84,7 @@ class FakeOpenAI:
                     return replies.pop(0) if len(replies) > 1 else replies[0]
         return self.default
 
-    def handle(self, path: str, headers: dict[str, str], raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    def handle(self, path: str, headers: dict[str, str], raw: bytes) -> Answer:
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -96,9 +99,9 @@ class FakeOpenAI:
             return _error(400, "body must be JSON with 'model' and 'messages'", "invalid_request_error")
         return self._answer(self._pick(body), body["model"])
 
-    def _answer(self, reply: Reply, model: str) -> tuple[int, dict[str, str], bytes]:
+    def _answer(self, reply: Reply, model: str) -> Answer:
         if isinstance(reply, Hang):
-            if self._stopping.wait(reply.seconds):
+            if self.stopping.wait(reply.seconds):
                 return 503, {}, b""
             return self._answer(reply.then, model)
         if isinstance(reply, Status):
@@ -114,59 +117,12 @@ class FakeOpenAI:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
-        return 200, {"Content-Type": "application/json"}, json.dumps(payload).encode()
+        return json_answer(200, payload)
 
-    # -- server -------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """Base URL, ending in /v1 like a real OpenAI-compatible endpoint."""
-        assert self._server is not None, "not started"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def start(self) -> "FakeOpenAI":
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                status, out_headers, data = fake.handle(self.path, headers, raw)
-                try:
-                    self.send_response(status)
-                    for k, v in out_headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
-                    pass
-
-            def do_GET(self):
-                status, out_headers, data = _error(404, f"fake openai does not serve GET {self.path}", "not_found")
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                         name="fake-openai", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+    def serve(self, method: str, target: str, headers: dict[str, str], raw: bytes) -> Answer:
+        if method != "POST":
+            return _error(404, f"fake openai does not serve {method} {target}", "not_found")
+        return self.handle(target, headers, raw)
 
 
 def _text(body: dict | None) -> str:
@@ -179,15 +135,10 @@ def _text(body: dict | None) -> str:
     return "\n".join(parts)
 
 
-def _error(code: int, message: str, kind: str) -> tuple[int, dict[str, str], bytes]:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": kind}}
-    return code, {"Content-Type": "application/json"}, json.dumps(body).encode()
+def _error(code: int, message: str, kind: str) -> Answer:
+    return error_answer(code, message, kind, err_code=kind)
 
 
-@contextmanager
-def fake_openai(api_key: str | None = None, **kw) -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI(api_key=api_key, **kw).start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
+def fake_openai(api_key: str | None = None, **kw) -> FakeOpenAI:
+    """A fake to run with `with`: started on 127.0.0.1 and a free port, stopped on exit."""
+    return FakeOpenAI(api_key=api_key, **kw)

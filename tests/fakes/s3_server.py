@@ -9,7 +9,6 @@ registry's conditional writes need. It does not verify a ChecksumSHA256 sent wit
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,11 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from fakes.base import free_port
 
 
 @contextmanager

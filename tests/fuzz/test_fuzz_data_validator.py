@@ -16,8 +16,11 @@ import json
 from fuzzkit import (ANY_POOL, FUZZ, JUNK_POOL, finish, MESSAGE_POOL, NONEMPTY, NUMBER_POOL, RAW_BYTES_POOL,
                      RAW_LINE_BYTES_FREE, RAW_LINE_TEXT_FREE, RAW_TEXT_POOL, ROLES, Tally, check_user_error, combo,
                      frozen_heap, overwrite, utf8, write_lines)
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+pytestmark = pytest.mark.slow  # thousands of generated inputs: about a minute each on a busy machine
 
 GOOD_EXTRAS = [{}, {"rating": 1}, {"rating": 5, "tenant": "acme"}, {"score": 0.7}, {"score": 0},
                {"score": 1.0, "rating": 2.5}, {"tenant": "t é"}, {"metadata": {"a": [1]}}]

@@ -21,8 +21,11 @@ from collections import Counter
 from fuzzkit import (FUZZ, JUNK_POOL, finish, MESSAGE_POOL, NONEMPTY, NUMBER_POOL, RAW_BYTES_POOL,
                      RAW_LINE_BYTES_FREE, RAW_LINE_TEXT_FREE, RAW_TEXT_POOL, TEXT_POOL, TIMESTAMP_POOL, Tally,
                      check_item, combo, frozen_heap, overwrite, write_lines)
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+pytestmark = pytest.mark.slow  # thousands of generated inputs: about a minute each on a busy machine
 
 ERROR = re.compile(r"line (\d+): (.+)\. Fix: (.+)", re.DOTALL)
 CSV_COLUMNS = ["prompt", "response", "completion", "messages", "score", "rating", "correction", "comment", "user",

@@ -17,8 +17,11 @@ from __future__ import annotations
 import json
 
 from fuzzkit import FUZZ, JUNK_POOL, NONEMPTY, NUMBER_POOL, TEXT_POOL, Tally, check_item, combo, frozen_heap, finish
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+pytestmark = pytest.mark.slow  # thousands of generated inputs: about a minute each on a busy machine
 
 TRACE = "t1"
 STAMPS = (["2025-01-01T00:00:03.000Z"] * 4 + [

@@ -16,8 +16,11 @@ from __future__ import annotations
 import uuid
 
 from fuzzkit import ANY_POOL, FUZZ, JUNK_POOL, TEXT_POOL, Tally, check_item, combo, frozen_heap, finish
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+pytestmark = pytest.mark.slow  # thousands of generated inputs: about a minute each on a busy machine
 
 PROJECT = str(uuid.UUID(int=1))
 RUN = str(uuid.UUID(int=2))

@@ -11,7 +11,7 @@ import pytest
 from tuneloop.registry import Registry, Version, open_registry
 
 SPEC = {"training": {"rank": 4, "epochs": 1}, "gate": {"metric": "exact_match", "margin": 0.02}}
-BACKENDS = ["local", "s3"]
+BACKENDS = ["local", pytest.param("s3", marks=pytest.mark.server)]  # S3 is a moto server: the slow tier
 
 
 def make_adapter(folder: Path, payload: bytes = b"\x00\x01fake-lora-weights" * 64) -> Path:

@@ -69,6 +69,7 @@ def loc(request, tmp_path) -> str:
 
 
 # -- creating versions ------------------------------------------------------------
+@pytest.mark.server
 def test_concurrent_create_version_gives_distinct_ids(loc, tmp_path):
     n = 6
     adapters = [make_adapter(tmp_path / f"a{i}", payload=f"weights-{i}".encode() * 100) for i in range(n)]
@@ -204,6 +205,7 @@ CRASH = textwrap.dedent("""
 """)
 
 
+@pytest.mark.server
 def test_a_killed_writer_leaves_no_visible_version(loc, tmp_path):
     reg = open_registry(loc)
     adapter = make_adapter(tmp_path / "adapter")

@@ -329,6 +329,7 @@ def every_file(root: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("how", ["tmpfs", "rlimit"])
+@pytest.mark.server
 def test_a_full_disk_fails_clearly_and_leaves_no_half_file(tmp_path, how):
     """ENOSPC on a small tmpfs (when this process may mount one), or EFBIG under a file size limit: the
     weights file fails mid-write. Nothing appears, no temp file stays, and with room again it works."""

@@ -11,7 +11,7 @@ from tuneloop.registry.s3 import S3Store
 from tuneloop.registry.store import LocalStore
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.server)])
 def store(request, tmp_path):
     if request.param == "local":
         return LocalStore(tmp_path / "store")

@@ -54,6 +54,7 @@ def test_packing_options_keep_a_runs_folder_unless_they_change_the_batches():
     assert packed != rid(learning_rate=0.01)
 
 
+@pytest.mark.server
 def test_a_second_training_process_waits_for_the_run_folder(tmp_path):
     from tuneloop.tasks.training import run_dir_lock
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tuneloop.errors import UserError
-from tuneloop.evals import benchmarks as B
+from tuneloop.evals import benchmarks as B, loglikelihood as LL, suite as S
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,12 +36,12 @@ def all_samples() -> dict[str, B.Benchmark]:
 
 
 def mc_requests(items: list[dict]) -> list[tuple[str, str]]:
-    return [(it["context"], B.continuation_for(it["context"], c)) for it in items for c in it["choices"]]
+    return [(it["context"], LL.continuation_for(it["context"], c)) for it in items for c in it["choices"]]
 
 
 def direct_loglikelihood(model, tok, context: str, continuation: str) -> tuple[float, bool]:
     """Reference: one unpadded forward, plain torch, no batching code of the module under test."""
-    ctx, cont = B.encode_pair(tok, context, continuation)
+    ctx, cont = LL.encode_pair(tok, context, continuation)
     ids = torch.tensor([ctx + cont])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0, len(ctx) - 1: len(ctx) + len(cont) - 1].float()
@@ -156,18 +156,18 @@ def test_hub_names_and_adapters_offline():
 
 def test_continuation_and_encode_pair_follow_lm_eval(lm):
     _, tok = lm
-    assert B.continuation_for("Answer:", "Paris") == " Paris"
-    assert B.continuation_for("Answer: ", "Paris") == "Paris"
-    assert B.continuation_for("", "Paris") == "Paris"
-    ctx, cont = B.encode_pair(tok, "Answer: ", "Paris")  # trailing space moves to the continuation
-    assert (ctx, cont) == B.encode_pair(tok, "Answer:", " Paris")
+    assert LL.continuation_for("Answer:", "Paris") == " Paris"
+    assert LL.continuation_for("Answer: ", "Paris") == "Paris"
+    assert LL.continuation_for("", "Paris") == "Paris"
+    ctx, cont = LL.encode_pair(tok, "Answer: ", "Paris")  # trailing space moves to the continuation
+    assert (ctx, cont) == LL.encode_pair(tok, "Answer:", " Paris")
     assert ctx[0] == tok.bos_token_id
     whole = tok("Answer: Paris", add_special_tokens=False)["input_ids"]
     assert ctx[1:] + cont == whole
 
 
 def test_exact_match_normalization():
-    n = B.normalize_answer
+    n = S.normalize_answer
     assert n("The  Nile!") == n("nile") == "nile"
     assert n("An apple, a day") == "apple day"
 
@@ -175,14 +175,14 @@ def test_exact_match_normalization():
 def test_acc_norm_divides_by_bytes(monkeypatch):
     """Model-independent: acc takes the larger sum, acc_norm the larger sum per byte of continuation."""
     item = {"id": "x", "context": "Q:", "choices": ["a", "much longer choice"], "answer": 1}
-    monkeypatch.setattr(B, "loglikelihoods", lambda model, tok, reqs, bs: [(-10.0, False), (-12.0, False)])
-    assert B.score_multiple_choice(None, None, [item], 8) == [{"acc": 0, "acc_norm": 1, "pred": 0, "pred_norm": 1}]
-    monkeypatch.setattr(B, "loglikelihoods", lambda model, tok, reqs, bs: [(-3.0, False), (-3.0, False)])
-    assert B.score_multiple_choice(None, None, [item], 8)[0]["pred"] == 0  # ties go to the first choice
+    monkeypatch.setattr(LL, "loglikelihoods", lambda model, tok, reqs, bs: [(-10.0, False), (-12.0, False)])
+    assert LL.score_multiple_choice(None, None, [item], 8) == [{"acc": 0, "acc_norm": 1, "pred": 0, "pred_norm": 1}]
+    monkeypatch.setattr(LL, "loglikelihoods", lambda model, tok, reqs, bs: [(-3.0, False), (-3.0, False)])
+    assert LL.score_multiple_choice(None, None, [item], 8)[0]["pred"] == 0  # ties go to the first choice
     # lm-eval's acc_norm: the choice's own length, not counting the space before it (-2/1 < -3.5/2)
     item = {"id": "y", "context": "Q:", "choices": ["a", "bb"], "answer": 1}
-    monkeypatch.setattr(B, "loglikelihoods", lambda model, tok, reqs, bs: [(-2.0, False), (-3.5, False)])
-    assert B.score_multiple_choice(None, None, [item], 8)[0]["pred_norm"] == 1
+    monkeypatch.setattr(LL, "loglikelihoods", lambda model, tok, reqs, bs: [(-2.0, False), (-3.5, False)])
+    assert LL.score_multiple_choice(None, None, [item], 8)[0]["pred_norm"] == 1
 
 
 # --- scoring with the tiny model -----------------------------------------------------------------
@@ -199,10 +199,10 @@ def test_multiple_choice_matches_direct_log_probs(lm):
         {"id": "c", "context": "Hello,", "choices": ["shipping", "billing", "where is my package?"], "answer": 2},
         {"id": "d", "context": "Hi there, how do I cancel my", "choices": ["Business tier?", "qqq zzz"], "answer": 0},
     ]
-    scored = {bs: B.score_multiple_choice(model, tok, items, bs) for bs in (1, 8)}
+    scored = {bs: LL.score_multiple_choice(model, tok, items, bs) for bs in (1, 8)}
     differ = 0
     for k, it in enumerate(items):
-        conts = [B.continuation_for(it["context"], c) for c in it["choices"]]
+        conts = [LL.continuation_for(it["context"], c) for c in it["choices"]]
         lls = [direct_loglikelihood(model, tok, it["context"], c)[0] for c in conts]
         norm = [v / len(c) for v, c in zip(lls, it["choices"])]
         pred, pred_norm = lls.index(max(lls)), norm.index(max(norm))
@@ -217,9 +217,9 @@ def test_loglikelihoods_match_direct_and_batch1_on_all_samples(lm):
     model, tok = lm
     mc = [it for b in all_samples().values() if b.kind == B.MULTIPLE_CHOICE for it in b.items]
     reqs = mc_requests(mc)
-    one = B.loglikelihoods(model, tok, reqs, batch_size=1)
-    eight = B.loglikelihoods(model, tok, reqs, batch_size=8)
-    odd = B.loglikelihoods(model, tok, reqs, batch_size=5)
+    one = LL.loglikelihoods(model, tok, reqs, batch_size=1)
+    eight = LL.loglikelihoods(model, tok, reqs, batch_size=8)
+    odd = LL.loglikelihoods(model, tok, reqs, batch_size=5)
     assert len(one) == len(eight) == len(reqs) == 300
     for ref in (eight, odd):
         assert max(abs(a[0] - b[0]) for a, b in zip(one, ref)) <= 1e-4
@@ -227,27 +227,27 @@ def test_loglikelihoods_match_direct_and_batch1_on_all_samples(lm):
     for k in range(0, len(reqs), 37):  # batch 1 is itself the plain lm-eval computation
         d = direct_loglikelihood(model, tok, *reqs[k])
         assert abs(d[0] - one[k][0]) <= 1e-4 and d[1] == one[k][1]
-    s1, s8 = B.score_multiple_choice(model, tok, mc, 1), B.score_multiple_choice(model, tok, mc, 8)
+    s1, s8 = LL.score_multiple_choice(model, tok, mc, 1), LL.score_multiple_choice(model, tok, mc, 8)
     assert s1 == s8  # identical acc, acc_norm and predictions on every sample item
 
 
 def test_is_greedy_like_lm_eval(lm):
     model, tok = lm
     ctx = "Hey, is my refund for order"
-    c_ids, _ = B.encode_pair(tok, ctx, " x")
-    greedy = B.greedy_generate(model, [c_ids], 6, 1)[0]
-    ll, is_greedy = B.loglikelihood_tokens(model, [(c_ids, greedy)], 1)[0]
+    c_ids, _ = LL.encode_pair(tok, ctx, " x")
+    greedy = S.greedy_generate(model, [c_ids], 6, 1)[0]
+    ll, is_greedy = LL.loglikelihood_tokens(model, [(c_ids, greedy)], 1)[0]
     assert is_greedy and ll <= 0
     other = greedy[:-1] + [(greedy[-1] + 1) % 1000 + 10]
-    assert not B.loglikelihood_tokens(model, [(c_ids, other)], 1)[0][1]
-    shared = B.loglikelihood_tokens(model, [(c_ids, greedy), (c_ids, other)], 8)  # one context, two continuations
-    alone = [B.loglikelihood_tokens(model, [p], 1)[0] for p in [(c_ids, greedy), (c_ids, other)]]
+    assert not LL.loglikelihood_tokens(model, [(c_ids, other)], 1)[0][1]
+    shared = LL.loglikelihood_tokens(model, [(c_ids, greedy), (c_ids, other)], 8)  # one context, two continuations
+    alone = [LL.loglikelihood_tokens(model, [p], 1)[0] for p in [(c_ids, greedy), (c_ids, other)]]
     assert [g for _, g in shared] == [True, False] == [g for _, g in alone]
     assert max(abs(a[0] - b[0]) for a, b in zip(shared, alone)) <= 1e-4
     # the same through text, when the greedy tokens decode and re-encode to themselves
     text = tok.decode(greedy)
-    if B.encode_pair(tok, ctx, text)[1] == greedy:
-        assert B.loglikelihoods(model, tok, [(ctx, text)], 8)[0][1]
+    if LL.encode_pair(tok, ctx, text)[1] == greedy:
+        assert LL.loglikelihoods(model, tok, [(ctx, text)], 8)[0][1]
 
 
 def test_generation_batch8_equals_batch1_token_for_token(lm):
@@ -258,12 +258,12 @@ def test_generation_batch8_equals_batch1_token_for_token(lm):
     items += [{"id": it["id"], "question": it["context"], "answers": ["-"]}
               for b in samples.values() if b.kind == B.MULTIPLE_CHOICE for it in b.items]
     assert len(items) == 120
-    runs = {bs: B.score_generative(model, tok, items, max_new_tokens=24, batch_size=bs) for bs in (1, 3, 8)}
+    runs = {bs: S.score_generative(model, tok, items, max_new_tokens=24, batch_size=bs) for bs in (1, 3, 8)}
     for bs in (3, 8):
         assert [r["tokens"] for r in runs[bs]] == [r["tokens"] for r in runs[1]]
         assert runs[bs] == runs[1]
     # and batch 1 agrees with transformers' own greedy search, token for token
-    prompts = B.generative_prompts(tok, items[:6])
+    prompts = S.generative_prompts(tok, items[:6])
     for p, r in zip(prompts, runs[1][:6]):
         ref = model.generate(input_ids=torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
                              max_new_tokens=len(r["tokens"]), do_sample=False, pad_token_id=tok.pad_token_id)
@@ -287,24 +287,24 @@ def test_padded_fp32_logits_are_close_not_bitwise(lm):
 
 def test_run_benchmark_results_and_json(lm):
     model, tok = lm
-    mc = B.run_benchmark(model, tok, B.load_benchmark("arc_easy", limit=6), batch_size=4)
+    mc = S.run_benchmark(model, tok, B.load_benchmark("arc_easy", limit=6), batch_size=4)
     assert (mc.name, mc.kind, mc.n) == ("arc_easy", B.MULTIPLE_CHOICE, 6)
     assert set(mc.metrics) == {"acc", "acc_norm"} and set(mc.per_item["acc"]) == {f"arc_easy-00{i}" for i in range(6)}
     assert mc.metrics["acc"] == sum(mc.per_item["acc"].values()) / 6
-    gen = B.run_benchmark(model, tok, "triviaqa", batch_size=8, max_new_tokens=8, limit=5)
+    gen = S.run_benchmark(model, tok, "triviaqa", batch_size=8, max_new_tokens=8, limit=5)
     assert set(gen.metrics) == {"exact_match"} and gen.n == 5 and gen.seconds > 0
     assert all(isinstance(d["prediction"], str) for d in gen.items)
     for r in (mc, gen):
         d = json.loads(json.dumps(r.to_json()))
-        assert B.BenchmarkResult.from_json(d) == r
+        assert S.BenchmarkResult.from_json(d) == r
 
 
 def test_exact_match_scores_aliases(lm, monkeypatch):
     model, tok = lm
     items = [{"id": "q", "question": "Capital of Japan?", "answers": ["Tokyo", "Tokyo City"]}]
     answer = tok(" the Tokyo.\nMore", add_special_tokens=False)["input_ids"]
-    monkeypatch.setattr(B, "greedy_generate", lambda *a, **k: [answer])
-    out = B.score_generative(model, tok, items, max_new_tokens=8, batch_size=1)
+    monkeypatch.setattr(S, "greedy_generate", lambda *a, **k: [answer])
+    out = S.score_generative(model, tok, items, max_new_tokens=8, batch_size=1)
     assert out[0]["prediction"] == "the Tokyo" and out[0]["exact_match"] == 1
 
 
@@ -314,9 +314,9 @@ def test_evaluate_benchmarks_loads_the_model_once(tiny_base, monkeypatch):
     calls = []
     real = run.load_for_eval
     monkeypatch.setattr(run, "load_for_eval", lambda *a, **k: calls.append(a) or real(*a, **k))
-    res = B.evaluate_benchmarks(tiny_base, None, ["boolq", "triviaqa"], batch_size=8, limit=3, max_new_tokens=4)
+    res = S.evaluate_benchmarks(tiny_base, None, ["boolq", "triviaqa"], batch_size=8, limit=3, max_new_tokens=4)
     assert list(res) == ["boolq", "triviaqa"] and len(calls) == 1
     assert res["boolq"].n == 3 and set(res["triviaqa"].metrics) == {"exact_match"}
     with pytest.raises(UserError):
-        B.evaluate_benchmarks(tiny_base, None, ["boolq", "nope"], batch_size=8)
+        S.evaluate_benchmarks(tiny_base, None, ["boolq", "nope"], batch_size=8)
     assert len(calls) == 1  # a bad name fails before the model is loaded

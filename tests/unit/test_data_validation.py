@@ -244,6 +244,7 @@ def _cli(*args) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=120)
 
 
+@pytest.mark.server
 def test_cli_subprocess(five_bad, clean):
     bad = _cli("data", "validate", str(five_bad))
     assert bad.returncode == 1, bad.stderr

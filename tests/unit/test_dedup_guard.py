@@ -104,6 +104,7 @@ print(json.dumps(near_duplicate_groups(texts)))
 """
 
 
+@pytest.mark.server
 def test_deterministic_across_processes():
     from pathlib import Path
 

@@ -159,6 +159,7 @@ def test_variety():
     assert any(_user(r) == _user(r).lower() for r in rows)
 
 
+@pytest.mark.server
 def test_module_is_stdlib_only():
     code = (
         "import sys; import tuneloop.demo.data; "

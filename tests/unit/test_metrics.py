@@ -22,6 +22,21 @@ def test_every_metric_module_ships_and_loads_by_path():
     assert load_metric("bleu") is load_metric("bleu")  # cached per process
 
 
+def test_metric_modules_share_their_info_and_still_load_offline():
+    """The modules import their MetricInfo from tuneloop.evals.scoring instead of repeating it; evaluate's
+    import check sees `tuneloop` as a library to import, and the copied module loads with the hub offline."""
+    from evaluate.loading import get_imports
+
+    assert os.environ["HF_EVALUATE_OFFLINE"] == "1" and os.environ["HF_HUB_OFFLINE"] == "1"
+    for name in METRIC_NAMES:
+        path = metrics_dir() / name / f"{name}.py"
+        assert ("library", "tuneloop", "tuneloop", None) in get_imports(str(path))
+        assert "datasets.Features(" not in path.read_text()
+        metric = load_metric(name)
+        assert set(metric.info.features) == {"predictions", "references"}
+        assert name in metric.compute(predictions=["a b"], references=["a b"])
+
+
 def test_exact_match_normalises_whitespace_and_case():
     agg, per = score_texts(
         ["  Hello   World ", "Straße", "foo", "a b"],

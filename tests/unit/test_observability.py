@@ -117,6 +117,7 @@ def _assert_all(text: str):
     assert not any("_total_total" in n for n in names)
 
 
+@pytest.mark.server
 def test_http_metrics_endpoint_exposes_every_series():
     _exercise_all()
     server, port = obs.serve_metrics(port=0)
@@ -169,6 +170,7 @@ def test_invalid_values_rejected():
         obs.record_feedback("api", "positive", n=-1)
 
 
+@pytest.mark.server
 def test_multiprocess_mode_aggregates_across_processes(tmp_path):
     mp_dir = tmp_path / "mp"
     mp_dir.mkdir()

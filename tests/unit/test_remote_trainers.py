@@ -46,6 +46,7 @@ def statuses(events) -> list[str]:
 
 # -- OpenAI fine-tuning ---------------------------------------------------------------------------
 
+@pytest.mark.server
 def test_openai_happy_path_uploads_chat_jsonl_reports_events_in_order_and_returns_the_model(tmp_path):
     with fake_openai_finetune(api_key=KEY, total_steps=6, checkpoint_every=2) as ft:
         trainer = make_trainer("openai", base_url=ft.url, api_key=KEY, suffix="intents", events_page=3, **FAST)
@@ -85,6 +86,7 @@ def test_openai_happy_path_uploads_chat_jsonl_reports_events_in_order_and_return
     assert any(result.job_id in line and "created job" in line for line in lines)
 
 
+@pytest.mark.server
 def test_openai_should_stop_cancels_the_job_and_says_why(tmp_path):
     calls = []
 
@@ -108,6 +110,7 @@ def test_openai_should_stop_cancels_the_job_and_says_why(tmp_path):
     assert "validation_file" not in ft.calls("POST /v1/fine_tuning/jobs")[0]["body"]
 
 
+@pytest.mark.server
 def test_openai_run_guard_counts_only_running_time(tmp_path):
     from tuneloop.cost.guards import GuardSpec, RunGuard, estimate
 
@@ -123,6 +126,7 @@ def test_openai_run_guard_counts_only_running_time(tmp_path):
 
 
 @pytest.mark.parametrize("fail_at", ["validating_files", 2])
+@pytest.mark.server
 def test_openai_failed_job_raises_with_the_services_message(tmp_path, fail_at):
     with fake_openai_finetune(api_key=KEY, fail_at=fail_at) as ft:
         trainer = make_trainer("openai", base_url=ft.url, api_key=KEY, **FAST)
@@ -135,6 +139,7 @@ def test_openai_failed_job_raises_with_the_services_message(tmp_path, fail_at):
     assert json.loads((tmp_path / "run" / "job.json").read_text())["job"]["status"] == "failed"
 
 
+@pytest.mark.server
 def test_openai_429_and_5xx_are_retried_with_one_idempotency_key(tmp_path):
     with fake_openai_finetune(api_key=KEY) as ft:
         ft.fail_next("POST /v1/fine_tuning/jobs", Fail(429, "Rate limit reached for requests", retry_after="0"))
@@ -147,6 +152,7 @@ def test_openai_429_and_5xx_are_retried_with_one_idempotency_key(tmp_path):
     assert ft.calls("POST /v1/files")[0]["headers"]["idempotency-key"] != creates[0]["headers"]["idempotency-key"]
 
 
+@pytest.mark.server
 def test_openai_transient_failures_give_up_after_the_bounded_retries(tmp_path):
     with fake_openai_finetune(api_key=KEY) as ft:
         ft.fail_next("POST /v1/files", Fail(500), Fail(500), Fail(500))
@@ -162,6 +168,7 @@ def test_openai_transient_failures_give_up_after_the_bounded_retries(tmp_path):
             trainer.train(SPEC, MODEL, TRAIN, VAL, tmp_path / "run", log=lambda m: None)
 
 
+@pytest.mark.server
 def test_a_retried_run_follows_the_job_its_first_attempt_started(tmp_path):
     with fake_openai_finetune(api_key=KEY, total_steps=4) as ft:
         ft.fail_next("GET /v1/fine_tuning/jobs/*", Fail(500), Fail(500))
@@ -178,6 +185,7 @@ def test_a_retried_run_follows_the_job_its_first_attempt_started(tmp_path):
         assert changed.job_id != first and len(ft.jobs) == 2  # other rows: a new job
 
 
+@pytest.mark.server
 def test_openai_401_is_a_user_error_naming_the_api_key_and_writes_nothing(tmp_path):
     with fake_openai_finetune(api_key="sk-the-right-one") as ft:
         trainer = make_trainer("openai", base_url=ft.url, api_key="sk-wrong", **FAST)
@@ -188,6 +196,7 @@ def test_openai_401_is_a_user_error_naming_the_api_key_and_writes_nothing(tmp_pa
     assert "sk-wrong" not in repr(trainer)
 
 
+@pytest.mark.server
 def test_openai_400_names_the_field_and_its_fix_and_quota_is_not_retried(tmp_path):
     with fake_openai_finetune(api_key=KEY, models={MODEL}) as ft:
         trainer = make_trainer("openai", base_url=ft.url, api_key=KEY, **FAST)
@@ -244,6 +253,7 @@ def lora_adapter(tiny_random_base, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.server
 def test_autotrain_happy_path_downloads_a_loadable_adapter(tmp_path, tiny_random_base, lora_adapter):
     import torch
     from peft import PeftModel
@@ -282,6 +292,7 @@ def test_autotrain_happy_path_downloads_a_loadable_adapter(tmp_path, tiny_random
     assert not torch.allclose(tuned(input_ids=ids).logits, before)  # the adapter loads and changes the model
 
 
+@pytest.mark.server
 def test_autotrain_zip_archive_and_a_service_that_keeps_the_model(tmp_path, lora_adapter):
     with fake_autotrain(adapter=archive_folder(lora_adapter, "zip", prefix=""), content_type="application/zip",
                         total_steps=2) as at:
@@ -297,6 +308,7 @@ def test_autotrain_zip_archive_and_a_service_that_keeps_the_model(tmp_path, lora
     assert not (tmp_path / "kept" / "adapter").exists()
 
 
+@pytest.mark.server
 def test_autotrain_cancel_failure_and_bad_token(tmp_path, lora_adapter):
     archive = archive_folder(lora_adapter)
     with fake_autotrain(adapter=archive, total_steps=8) as at:
@@ -358,6 +370,7 @@ def test_unpack_adapter_refuses_unsafe_archives(tmp_path, bad, error, match):
     assert not (tmp_path / "evil.safetensors").exists() and not list((tmp_path / "out").glob("**/*.bin"))
 
 
+@pytest.mark.model
 def test_unpack_adapter_zip_traversal_and_size_cap(tmp_path, lora_adapter):
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:
@@ -370,6 +383,7 @@ def test_unpack_adapter_zip_traversal_and_size_cap(tmp_path, lora_adapter):
         unpack_adapter(good, tmp_path / "capped", max_bytes=1000)
 
 
+@pytest.mark.server
 def test_autotrain_unsafe_download_leaves_no_adapter(tmp_path):
     evil = _tar([_file("adapter_config.json", b"{}"), _file("adapter_model.safetensors", b"x"),
                  _file("../outside.safetensors", b"x")])
@@ -383,6 +397,7 @@ def test_autotrain_unsafe_download_leaves_no_adapter(tmp_path):
 
 # -- the local trainer behind the same interface -----------------------------------------------------
 
+@pytest.mark.model
 def test_local_trainer_shares_the_interface(tmp_path, tiny_random_base):
     spec = TrainingSpec(batch_size=4, gradient_accumulation=1, epochs=1, max_steps=2, save_every=50,
                         learning_rate=1e-3, warmup_steps=0, early_stopping_patience=None, rank=4, alpha=8)

@@ -38,6 +38,25 @@ def load_metric(name: str):
     return evaluate.load(str(metrics_dir() / name))
 
 
+def text_pair_info(description: str, citation: str, inputs_description: str, **extra):
+    """The `evaluate.MetricInfo` every shipped metric shares (one prediction string, one reference string).
+
+    Here, not in each module, so the four modules under ``metrics/`` do not repeat it; they import it
+    by package name, which evaluate's import check accepts when tuneloop is importable.
+    """
+    import datasets
+    import evaluate
+
+    features = datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")})
+    return evaluate.MetricInfo(description=description, citation=citation, inputs_description=inputs_description,
+                               features=features, **extra)
+
+
+def mean_or_zero(values: Sequence[float]) -> float:
+    """A metric's aggregate over its per-item scores; 0.0 when there are no items."""
+    return sum(values) / len(values) if values else 0.0
+
+
 def score_texts(
     predictions: list[str],
     references: list[str],

@@ -15,7 +15,7 @@ from tuneloop.tasks.evaluation import decide_promotion, evaluate_adapter, judge_
 from tuneloop.tasks.guards import Approval, estimate_job, hand_off_to_gpu
 from tuneloop.tasks.registry import apply_decision, fetch_adapter, publish_report, register_candidate
 from tuneloop.tasks.training import train_adapter
-from tuneloop.evals.benchmarks import guarded_pairs
+from tuneloop.evals.suite import guarded_pairs
 from tuneloop.evals.judge import RubricGate, check_rubrics
 from tuneloop.models.base import device
 from tuneloop.cost.guards import RunGuard, check

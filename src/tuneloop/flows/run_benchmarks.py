@@ -10,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 from tuneloop.tasks.benchmarks import run_benchmark_suite
 from tuneloop.tasks.data import prepare_base_model
 from tuneloop.tasks.registry import fetch_adapter
-from tuneloop.evals.benchmarks import headline
+from tuneloop.evals.suite import headline
 from tuneloop.registry import open_registry
 from tuneloop.specs import RunBenchmarksSpec
 

@@ -13,7 +13,7 @@ def benchmark_rows(candidate: dict, incumbent: dict, decision: Decision, confide
                    resamples: int = 2000) -> dict:
     """One report row per guarded benchmark: both models' metrics, the paired interval of the
     headline difference, and the gate's own tolerance and verdict for it."""
-    from tuneloop.evals.benchmarks import headline
+    from tuneloop.evals.suite import headline
 
     rows = {}
     for name, c in candidate.items():

@@ -131,7 +131,7 @@ def default_smoke_path(manifest: dict) -> Path:
 
 def probe(admin: ServingAdmin, model: str, items: list[SmokeItem], max_tokens: int) -> dict:
     """Ask each item through `model` (a slot pin or the routed name): accuracy, failures, latencies."""
-    from tuneloop.evals.benchmarks import normalize_answer
+    from tuneloop.evals.suite import normalize_answer
 
     correct, failed, lat, versions = 0, 0, [], {}
     for it in items:

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 
 from tuneloop.tasks import TASK_DEFAULTS
-from tuneloop.evals.benchmarks import BenchmarkResult, evaluate_benchmarks
+from tuneloop.evals.suite import BenchmarkResult, evaluate_benchmarks
 from tuneloop.specs import BenchmarkSpec
 
 

@@ -1,8 +1,9 @@
 """Corpus BLEU via sacrebleu, scaled to 0..1, shipped locally so it loads offline."""
 
-import datasets
 import evaluate
 import sacrebleu
+
+from tuneloop.evals.scoring import text_pair_info
 
 _DESCRIPTION = (
     "Corpus-level BLEU computed with sacrebleu.corpus_bleu (one reference per "
@@ -28,18 +29,8 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Bleu(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Value("string"),
-                    "references": datasets.Value("string"),
-                }
-            ),
-            reference_urls=["https://github.com/mjpost/sacrebleu"],
-        )
+        return text_pair_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION,
+                              reference_urls=["https://github.com/mjpost/sacrebleu"])
 
     def _compute(self, predictions, references):
         if not predictions:

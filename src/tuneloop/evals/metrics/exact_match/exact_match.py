@@ -1,7 +1,8 @@
 """Exact match after whitespace/case normalisation, shipped locally so it loads offline."""
 
-import datasets
 import evaluate
+
+from tuneloop.evals.scoring import mean_or_zero, text_pair_info
 
 _DESCRIPTION = (
     "Exact match after stripping surrounding whitespace, collapsing inner "
@@ -25,22 +26,11 @@ def _normalise(text: str) -> str:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ExactMatch(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Value("string"),
-                    "references": datasets.Value("string"),
-                }
-            ),
-        )
+        return text_pair_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references):
         per_item = [
             1.0 if _normalise(p) == _normalise(r) else 0.0
             for p, r in zip(predictions, references)
         ]
-        mean = sum(per_item) / len(per_item) if per_item else 0.0
-        return {"exact_match": mean, "per_item": per_item}
+        return {"exact_match": mean_or_zero(per_item), "per_item": per_item}

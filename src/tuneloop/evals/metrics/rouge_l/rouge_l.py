@@ -1,8 +1,9 @@
 """Per-item ROUGE-L F-measure via rouge_score, shipped locally so it loads offline."""
 
-import datasets
 import evaluate
 from rouge_score import rouge_scorer, tokenizers
+
+from tuneloop.evals.scoring import mean_or_zero, text_pair_info
 
 _DESCRIPTION = (
     "ROUGE-L F-measure per pair (rouge_score, no stemming), averaged. The "
@@ -30,18 +31,8 @@ Returns:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class RougeL(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Value("string"),
-                    "references": datasets.Value("string"),
-                }
-            ),
-            reference_urls=["https://github.com/google-research/google-research/tree/master/rouge"],
-        )
+        return text_pair_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION,
+                              reference_urls=["https://github.com/google-research/google-research/tree/master/rouge"])
 
     def _compute(self, predictions, references):
         scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
@@ -53,5 +44,4 @@ class RougeL(evaluate.Metric):
                 per_item.append(1.0 if pred == ref else 0.0)
             else:
                 per_item.append(scorer.score(ref, pred)["rougeL"].fmeasure)
-        mean = sum(per_item) / len(per_item) if per_item else 0.0
-        return {"rouge_l": mean, "per_item": per_item}
+        return {"rouge_l": mean_or_zero(per_item), "per_item": per_item}

@@ -4,8 +4,9 @@ import collections
 import re
 import string
 
-import datasets
 import evaluate
+
+from tuneloop.evals.scoring import mean_or_zero, text_pair_info
 
 _DESCRIPTION = (
     "SQuAD-style token F1: lowercase, drop punctuation and the articles "
@@ -51,19 +52,8 @@ def _f1(prediction: str, reference: str) -> float:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class TokenF1(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Value("string"),
-                    "references": datasets.Value("string"),
-                }
-            ),
-        )
+        return text_pair_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, references):
         per_item = [_f1(p, r) for p, r in zip(predictions, references)]
-        mean = sum(per_item) / len(per_item) if per_item else 0.0
-        return {"token_f1": mean, "per_item": per_item}
+        return {"token_f1": mean_or_zero(per_item), "per_item": per_item}
