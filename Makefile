@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 
 ui: $(STAMP)
+	mkdir -p .tuneloop/prefect  # Prefect creates only the last level of its home
 	PREFECT_HOME=$(CURDIR)/.tuneloop/prefect $(BIN)/prefect server start --port 4200
 
 clean:

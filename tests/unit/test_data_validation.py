@@ -403,6 +403,20 @@ def test_version_is_content_hash(tmp_path):
     assert dataset_version(a.train) != dataset_version(a.train[1:])
 
 
+def test_rows_without_a_tenant_belong_to_the_specs(tmp_path):
+    """A file for one tenant need not repeat it on every row; a row naming another tenant is still refused."""
+    rows = [good(i) for i in range(12)]
+    ds = prepare_dataset(write_lines(tmp_path / "acme.jsonl", rows), DataSpec(), tenant="acme")
+    assert {r.tenant for r in ds.train + ds.validation + ds.test} == {"acme"}
+    mixed = [*rows[:11], good(11) | {"tenant": "globex"}]
+    with pytest.raises(DataValidationError) as e:
+        prepare_dataset(write_lines(tmp_path / "mixed.jsonl", mixed), DataSpec(), tenant="acme")
+    assert [(i.line, i.rule) for i in e.value.issues] == [(12, "tenant")]
+    assert "row belongs to tenant 'globex', this dataset is for 'acme'" in str(e.value)
+    # without a spec tenant, such rows stay the default tenant's
+    assert validate_file(write_lines(tmp_path / "plain.jsonl", rows)).rows[0].tenant == "default"
+
+
 def test_version_changes_with_split_membership(demo_files):
     """Same rows split differently are a different dataset: the version (and thus the saved
     folder and the training run id) must differ, or a later save would silently keep stale splits."""

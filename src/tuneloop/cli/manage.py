@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from tuneloop.cli.runflow import import_flow, prefect_env
 from tuneloop.errors import UserError
 from tuneloop.serving.capacity import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_QUEUE
 
@@ -59,7 +60,6 @@ def cmd_deploy(args) -> int:
         print(f"live: {st['live']} ({st['slots'][st['live']]['version']})")
         return 0
     if args.deploy_cmd == "promote":
-        from tuneloop.cli.runflow import import_flow
         from tuneloop.specs import PromoteSpec, load_yaml_spec
 
         over = {k: v for k, v in (("version", args.version), ("mode", args.mode), ("server", args.server),
@@ -130,6 +130,7 @@ def _params(pairs: list[str]) -> dict:
 def cmd_jobs(args) -> int:
     from uuid import UUID
 
+    prefect_env()  # before Prefect reads its settings: the same profile and database as `tuneloop retrain`
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
                                                  FlowRunFilterId, LogFilter, LogFilterFlowRunId)

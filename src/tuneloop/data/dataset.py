@@ -79,10 +79,11 @@ def dataset_version(rows: list[Row] | dict[str, list[Row]]) -> str:
 
 
 def read_rows_strict(path: str | Path, spec: DataSpec, count_tokens=None, max_tokens=None,
-                     report_dir: Path | None = None, min_examples: int | None = None) -> ValidationReport:
+                     report_dir: Path | None = None, min_examples: int | None = None,
+                     tenant: str = "default") -> ValidationReport:
     """Validate a file and raise `DataValidationError` listing every problem, before anything is written."""
     report = validate_file(path, min_examples=spec.min_examples if min_examples is None else min_examples,
-                           max_tokens=max_tokens, count_tokens=count_tokens)
+                           max_tokens=max_tokens, count_tokens=count_tokens, tenant=tenant)
     if not report.ok:
         report_path = None
         if report_dir is not None:
@@ -116,13 +117,14 @@ def prepare_dataset(
 ) -> PreparedDataset:
     """Validate, deduplicate, split and leak-check. Raises before writing anything if data is bad.
 
-    With `tenant`, every row must belong to it: tenants are never mixed in one dataset.
+    With `tenant`, every row must belong to it: tenants are never mixed in one dataset. A row that names
+    no tenant belongs to `tenant` (else to "default").
     """
     data, sheet = resolve_input(data)
     if sheet is not None and tenant is not None and sheet.get("tenant") != tenant:
         raise UserError(str(data.parent), f"was built for tenant {sheet.get('tenant')!r}, not {tenant!r}",
                         "train each tenant on its own dataset folder")
-    report = read_rows_strict(data, spec, count_tokens, max_tokens, report_dir)
+    report = read_rows_strict(data, spec, count_tokens, max_tokens, report_dir, tenant=tenant or "default")
     if tenant is not None:
         foreign = [Issue(r.line, "tenant", f"row belongs to tenant {r.tenant!r}, this dataset is for {tenant!r}")
                    for r in report.rows if r.tenant != tenant]
@@ -143,7 +145,8 @@ def prepare_dataset(
         splits["validation" if b < val_cut else "test" if b < test_cut else "train"].append(r)
 
     if eval_data is not None:
-        ev = read_rows_strict(eval_data, spec, count_tokens, max_tokens, report_dir, min_examples=1)
+        ev = read_rows_strict(eval_data, spec, count_tokens, max_tokens, report_dir, min_examples=1,
+                              tenant=tenant or "default")
         eval_rows = list({r.key: r for r in ev.rows}.values())
     else:
         eval_rows = splits["test"]

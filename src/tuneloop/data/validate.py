@@ -182,7 +182,7 @@ def parse_line(text: str, line: int) -> tuple[object, Issue | None]:
     return obj, None
 
 
-def _check_row(obj, line: int) -> tuple[Row | None, list[Issue]]:
+def _check_row(obj, line: int, tenant: str) -> tuple[Row | None, list[Issue]]:
     issues: list[Issue] = []
     bad = lambda rule, msg: issues.append(Issue(line, rule, msg))  # noqa: E731
     if not isinstance(obj, dict):
@@ -225,7 +225,7 @@ def _check_row(obj, line: int) -> tuple[Row | None, list[Issue]]:
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         bad("no_assistant", "no assistant message: nothing to learn from this row")
 
-    rating, score, tenant = obj.get("rating"), obj.get("score"), obj.get("tenant", "default")
+    rating, score, tenant = obj.get("rating"), obj.get("score"), obj.get("tenant", tenant)
     if rating is not None and not _is_number(rating):
         bad("type", f"rating {rating!r} is not a number")
     elif rating is not None and not 1 <= rating <= 5:
@@ -246,8 +246,12 @@ def validate_file(
     min_examples: int = 10,
     max_tokens: int | None = None,
     count_tokens: Callable[[list[dict]], int] | None = None,
+    tenant: str = "default",
 ) -> ValidationReport:
-    """Check every line; return the valid rows and every issue found."""
+    """Check every line; return the valid rows and every issue found.
+
+    A row without a "tenant" field belongs to `tenant` (the spec's): a file for one tenant need not repeat it.
+    """
     path = Path(path)
     report = ValidationReport(str(path))
     try:
@@ -266,7 +270,7 @@ def validate_file(
             if problem is not None:
                 report.issues.append(problem)
                 continue
-            row, issues = _check_row(obj, line_no)
+            row, issues = _check_row(obj, line_no, tenant)
             report.issues.extend(issues)
             if row is None:
                 continue
