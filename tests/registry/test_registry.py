@@ -87,6 +87,20 @@ def test_extra_fields_land_in_manifest(reg, adapter):
     assert v.manifest["run_id"] == "r-123"
 
 
+def test_manifest_typed_view_reads_the_stored_document(reg, adapter):
+    extra = {"tenant": "acme", "run_id": "r-1", "incumbent": {"label": "base", "metrics": {"exact_match": 0.1}},
+             "training": {"steps": 3}, "feedback_window": {"start": "2025-01-01", "end": "2025-01-08"}}
+    v = reg.create_version(adapter, base_model="b", dataset_version="d", parent_version=None, spec=SPEC,
+                           metrics={"exact_match": 0.5}, extra=extra, idempotency_key="k1")
+    m = v.info
+    assert (m.id, m.base_model, m.dataset_version, m.parent_version, m.tenant) == ("v1", "b", "d", None, "acme")
+    assert m.incumbent.label == "base" and m.incumbent.metrics == {"exact_match": 0.1}
+    assert m.idempotency_key == "k1" and m.files == v.manifest["files"]
+    assert m.to_json() == v.manifest == json.loads(stored(reg, "versions/v1/manifest.json"))  # nothing lost
+    plain = new_version(reg, adapter, em=0.4)  # a manifest without the retrain flow's extras
+    assert plain.info.tenant is None and plain.info.incumbent is None and plain.info.to_json() == plain.manifest
+
+
 def test_nested_adapter_files_are_checksummed(reg, adapter):
     (adapter / "sub").mkdir()
     (adapter / "sub" / "tokenizer.json").write_text("{}")

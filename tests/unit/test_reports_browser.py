@@ -5,6 +5,9 @@ Skipped when no `chromium` (or `chromium-browser`) binary is on PATH.
 
 from __future__ import annotations
 
+import html
+import json
+import re
 import shutil
 import struct
 import subprocess
@@ -15,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from test_reports import full_summary, minimal_summary
-from tuneloop.reports.render import write_reports
+from tuneloop.reports.summary import RetrainSummary
+from tuneloop.reports.write import write_reports
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -100,7 +104,7 @@ def colours(pixels: list[tuple[int, int, int]]) -> Counter:
 
 
 def test_screenshot_of_the_full_report(tmp_path):
-    paths = write_reports(full_summary(), tmp_path / "full")
+    paths = write_reports(RetrainSummary.from_json(full_summary()), tmp_path / "full")
     data = screenshot(paths["html"], tmp_path / "full.png")
     assert len(data) > 20_000, f"screenshot is only {len(data)} bytes: likely a blank page"
     width, height, pixels = decode_png(data)
@@ -119,9 +123,48 @@ def test_screenshot_of_the_full_report(tmp_path):
 
 
 def test_screenshot_of_a_rejected_minimal_report(tmp_path):
-    paths = write_reports(minimal_summary(), tmp_path / "min")
+    paths = write_reports(RetrainSummary.from_json(minimal_summary()), tmp_path / "min")
     _, _, pixels = decode_png(screenshot(paths["html"], tmp_path / "min.png"))
     counts = colours(pixels)
     red = sum(n for c, n in counts.items() if near(c, REJECTED_BANNER, 2))
     green = sum(n for c, n in counts.items() if near(c, PROMOTED_BANNER, 2))
     assert red > len(pixels) * 0.005 and green == 0
+
+
+# Measures the laid-out sample table: in every row, what each cell shows (its text, cut where the cell
+# clips it) must end before the next cell begins. Added to a copy of the page only: reports have no scripts.
+MEASURE = """<script>
+const rows = [...document.querySelectorAll("table.items tbody tr")];
+const overlaps = [];
+for (const row of rows) {
+  const cells = [...row.cells];
+  for (let i = 0; i + 1 < cells.length; i++) {
+    const cell = cells[i], box = cell.getBoundingClientRect(), range = document.createRange();
+    range.selectNodeContents(cell);
+    let right = range.getBoundingClientRect().right;
+    if (getComputedStyle(cell).overflowX === "hidden") right = Math.min(right, box.right);
+    const next = cells[i + 1].getBoundingClientRect().left;
+    if (right > next + 0.5) overlaps.push(`row ${row.rowIndex} cell ${i}: text ends at ${right}, next cell at ${next}`);
+  }
+}
+document.body.setAttribute("data-rows", String(rows.length));
+document.body.setAttribute("data-overlaps", JSON.stringify(overlaps));
+</script>"""
+
+
+@pytest.mark.parametrize("width", [1200, 760])
+def test_long_item_ids_stay_in_their_column(tmp_path, width):
+    s = full_summary()
+    for n, item in enumerate(s["items"]):
+        item["id"] = f"{n:02d}" + "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a"  # 64 characters
+    s["items"][2]["prompt"] = "x" * 300  # one unbroken word
+    paths = write_reports(RetrainSummary.from_json(s), tmp_path / "ids")
+    page = tmp_path / "measured.html"
+    page.write_text(paths["html"].read_text().replace("</body>", MEASURE + "</body>"))
+    cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},{HEIGHT}", "--dump-dom",
+           page.resolve().as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'<body data-rows="(\d+)" data-overlaps="([^"]*)"', dom)
+    assert found, f"the measuring script did not run: {dom[:500]}"
+    assert found.group(1) == "3"
+    assert json.loads(html.unescape(found.group(2))) == []

@@ -167,7 +167,8 @@ def cmd_registry(args) -> int:
 
 def cmd_report(args) -> int:
     from tuneloop.registry import open_registry
-    from tuneloop.reports.render import summary_from_registry, write_reports
+    from tuneloop.reports.summary import summary_from_registry
+    from tuneloop.reports.write import write_reports
 
     reg = open_registry(args.registry)
     version = reg.get(args.version)

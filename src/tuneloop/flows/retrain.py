@@ -104,15 +104,13 @@ def retrain(spec: RetrainSpec) -> dict:
     )
     # the champion moves only if it is still the one the gate compared against (compare-and-swap)
     apply_decision(version.id, decision, spec.tenant, expected_champion=champion.id if champion else None)
-    summary = build_summary(version.id, decision, candidate, incumbent, trained.to_json(), dataset,
-                            benchmarks=benchmark_rows(cand_bench, inc_bench, decision, spec.gate.confidence,
-                                                      spec.gate.bootstrap_resamples),
-                            judge=judge_summary, confidence=spec.gate.confidence,
-                            resamples=spec.gate.bootstrap_resamples)
-    summary["run_dir"] = str(trained.run_dir)
-    summary["reports"] = publish_report(opaque(summary))
+    summary = publish_report(opaque(build_summary(
+        version.id, decision, candidate, incumbent, trained.to_json(), dataset, trained.run_dir,
+        benchmarks=benchmark_rows(cand_bench, inc_bench, decision, spec.gate.confidence,
+                                  spec.gate.bootstrap_resamples),
+        judge=judge_summary, confidence=spec.gate.confidence, resamples=spec.gate.bootstrap_resamples)))
     logger.info(decision.reason)
-    return summary
+    return summary.to_json()
 
 
 if __name__ == "__main__":

@@ -33,9 +33,10 @@ from tuneloop.errors import (ChecksumError, ConflictError, NotFoundError, Refuse
 from tuneloop.runtime.fsutil import publish_dir, staging_dir
 from tuneloop.registry import audit
 from tuneloop.registry.integrity import check_folder, manifest_files, unsafe_files
+from tuneloop.registry.manifest import Manifest
 from tuneloop.registry.query import STATUSES, check_tag_key, deleted_node, lineage_node, matching
 
-__all__ = ["ALIASES", "STATUSES", "Registry", "Version"]
+__all__ = ["ALIASES", "STATUSES", "Manifest", "Registry", "Version"]
 
 ALIASES = ("champion", "challenger", "production")
 RESERVED = ("manifest.json", "status.json", "tags.json")
@@ -74,9 +75,14 @@ def _num(vid: str) -> int:
 class Version:
     id: str
     path: Path  # a local folder: the version's own folder, or its download cache for a remote registry
-    manifest: dict
+    manifest: dict  # manifest.json as stored; read fields through `info`
     status: dict
     tags: dict = field(default_factory=dict)
+
+    @property
+    def info(self) -> Manifest:
+        """The manifest's typed fields."""
+        return Manifest.from_json(self.manifest)
 
     @property
     def adapter_dir(self) -> Path:
@@ -86,7 +92,7 @@ class Version:
 
     @property
     def metrics(self) -> dict:
-        return self.manifest.get("metrics", {})
+        return self.info.metrics
 
 
 class Registry:
@@ -157,7 +163,7 @@ class Registry:
     def verify(self, ref: str) -> list[str]:
         """Files that no longer match the manifest, and files added beside them (empty when intact)."""
         v = self.get(ref)
-        listed = {f["path"]: f["sha256"] for f in v.manifest["files"]}
+        listed = {f["path"]: f["sha256"] for f in v.info.files}
         bad = [p for p, digest in listed.items() if self.store.sha256(f"versions/{v.id}/{p}") != digest]
         stored = {k.split("/", 2)[2] for k in self.store.list(f"versions/{v.id}/adapter/")}
         return sorted(set(bad) | (stored - set(listed)))
@@ -219,7 +225,7 @@ class Registry:
         if idempotency_key is not None:
             for vid in reversed(self.ids()):
                 manifest = self._manifest(vid)
-                if manifest is not None and manifest.get("idempotency_key") == idempotency_key:
+                if manifest is not None and Manifest.from_json(manifest).idempotency_key == idempotency_key:
                     return self._version(vid, manifest)
         if not (adapter_dir / "adapter_config.json").exists():
             raise RegistryError(f"{adapter_dir} holds no adapter (adapter_config.json is missing)")
@@ -278,7 +284,8 @@ class Registry:
         cannot be written (the store's retries are spent): that is logged loudly instead, since raising
         here would make a caller retry a change that already took effect."""
         try:
-            tenant = (manifest or (self._manifest(vid) if vid else None) or {}).get("tenant")
+            manifest = manifest or (self._manifest(vid) if vid else None)
+            tenant = Manifest.from_json(manifest).tenant if manifest else None
             audit.record(self.store, action, vid, tenant, **details)
         except TransientError as e:
             logging.getLogger("tuneloop.registry").error(
@@ -466,5 +473,5 @@ class Registry:
                 chain.append(deleted_node(vid))
                 break
             chain.append(lineage_node(self._version(vid, manifest), aliases))
-            vid = manifest.get("parent_version")
+            vid = Manifest.from_json(manifest).parent_version
         return chain

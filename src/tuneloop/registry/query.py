@@ -71,17 +71,17 @@ def matching(versions: list, tags: dict | list | None = None, metrics=(), base: 
     return [v for v in versions
             if all(v.tags.get(k) == str(val) for k, val in (tags or {}).items())
             and all(c.holds(v.metrics) for c in conditions)
-            and (base is None or v.manifest.get("base_model") == base)
+            and (base is None or v.info.base_model == base)
             and (status is None or v.status.get("status", "candidate") == status)]
 
 
 def lineage_node(v, aliases: dict) -> dict:
     """One version in the lineage graph: parent, dataset version, feedback window, status, aliases."""
-    m = v.manifest
-    return {"id": v.id, "parent": m.get("parent_version"), "dataset_version": m.get("dataset_version"),
-            "feedback_window": m.get("feedback_window"), "tenant": m.get("tenant"),
-            "base_model": m.get("base_model"), "status": v.status.get("status", "candidate"),
-            "created_at": m.get("created_at"), "aliases": sorted(a for a, vid in aliases.items() if vid == v.id),
+    m = v.info
+    return {"id": v.id, "parent": m.parent_version, "dataset_version": m.dataset_version,
+            "feedback_window": m.feedback_window, "tenant": m.tenant,
+            "base_model": m.base_model, "status": v.status.get("status", "candidate"),
+            "created_at": m.created_at, "aliases": sorted(a for a, vid in aliases.items() if vid == v.id),
             "metrics": v.metrics}
 
 

@@ -1,8 +1,16 @@
-"""Metric tables for terminals and Markdown; the full reports are in `tuneloop.reports.render`."""
+"""Metric tables for terminals and Markdown, and the order metrics are listed in by every report."""
 
 from __future__ import annotations
 
-METRIC_ORDER = ("exact_match", "token_f1", "bleu", "rouge_l", "perplexity")
+from tuneloop.evals.scoring import METRIC_NAMES
+
+METRIC_ORDER = (*METRIC_NAMES, "perplexity")  # the held-out metrics, then perplexity (not a 0..1 score)
+
+
+def metric_names(*columns: dict) -> list[str]:
+    """The metrics present in any column: known ones in METRIC_ORDER, then any others by name."""
+    present = set().union(*(c.keys() for c in columns))
+    return [m for m in METRIC_ORDER if m in present] + sorted(present - set(METRIC_ORDER))
 
 
 def metrics_table(columns: dict[str, dict[str, float]]) -> str:

@@ -13,7 +13,9 @@ from tuneloop.runtime import observability as metrics
 from tuneloop.gate.decide import Decision
 from tuneloop.runtime.faults import crash_point
 from tuneloop.registry import Version, idempotency_key, open_registry
-from tuneloop.reports.render import render_markdown, write_reports
+from tuneloop.reports.markdown import render_markdown
+from tuneloop.reports.summary import RetrainSummary
+from tuneloop.reports.write import write_reports
 from tuneloop.settings import get_settings
 
 CHAMPION_EVENT = "tuneloop.champion.changed"
@@ -55,19 +57,19 @@ def apply_decision(version_id: str, decision: Decision, tenant: str = "default",
 
 
 @task(name="publish-report", **TASK_DEFAULTS)
-def publish_report(summary: dict) -> dict:
+def publish_report(summary: RetrainSummary) -> RetrainSummary:
     """The summary goes into the registry beside the version (JSON, Markdown, HTML); people read it
-    in the Prefect UI as a Markdown artifact and a metrics table."""
+    in the Prefect UI as a Markdown artifact and a metrics table. Returns it naming its reports."""
     registry = open_registry()
-    registry.attach(summary["version"], "evaluation.json", summary)
-    out = registry.get(summary["version"]).path / "report"
+    registry.attach(summary.version, "evaluation.json", summary.to_json())
+    out = registry.get(summary.version).path / "report"
     paths = write_reports(summary, out)
-    registry.attach_folder(summary["version"], "report", out)  # a no-op when the registry is this folder
-    reason = summary["decision"]["reason"][:250]
+    registry.attach_folder(summary.version, "report", out)  # a no-op when the registry is this folder
+    reason = summary.decision.reason[:250]
     create_markdown_artifact(render_markdown(summary), key="retrain-report", description=reason)
-    rows = [{"metric": m, "incumbent": summary["incumbent_metrics"].get(m), "candidate": v,
-             **({"ci_low": summary["intervals"][m]["low"], "ci_high": summary["intervals"][m]["high"]}
-                if m in summary.get("intervals", {}) else {})}
-            for m, v in summary["candidate_metrics"].items()]
+    rows = [{"metric": m, "incumbent": summary.incumbent_metrics.get(m), "candidate": v,
+             **({"ci_low": summary.intervals[m].low, "ci_high": summary.intervals[m].high}
+                if m in summary.intervals else {})}
+            for m, v in summary.candidate_metrics.items()]
     create_table_artifact(rows, key="retrain-metrics", description=reason)
-    return {k: str(v) for k, v in paths.items()}
+    return summary.with_reports(paths)
