@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tuneloop.evals.scoring import METRIC_NAMES
+from tuneloop.evals.scoring import REPORTED_METRICS
 
-METRIC_ORDER = (*METRIC_NAMES, "perplexity")  # the held-out metrics, then perplexity (not a 0..1 score)
+METRIC_ORDER = REPORTED_METRICS  # the held-out metrics, then perplexity (not a 0..1 score)
 
 
 def metric_names(*columns: dict) -> list[str]:

@@ -94,19 +94,6 @@ DURATION_BUCKETS = (
     float("inf"),
 )
 
-# Metric family names as exposed (counters with their `_total`).
-METRIC_NAMES = (
-    "training_jobs_total",
-    "training_duration_seconds",
-    "training_loss_current",
-    "training_tokens_per_second",
-    "evaluation_score",
-    "promotions_total",
-    "rollbacks_total",
-    "feedback_items_total",
-    "drift_detected_total",
-)
-
 _MULTIPROC_ENV = ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
 
 
@@ -115,40 +102,37 @@ def multiprocess_enabled() -> bool:
     return any(os.environ.get(k) for k in _MULTIPROC_ENV)
 
 
+# The one list of series: (kind, name as exposed, help, labels). prometheus_client strips a
+# trailing "_total" from a Counter's name and adds it back on exposition, so the names here are exact.
+SERIES = (
+    (Counter, "training_jobs_total", "Training jobs by lifecycle status.", ("status", "tenant")),
+    (Histogram, "training_duration_seconds", "Wall-clock duration of finished training jobs.",
+     ("tenant",)),
+    (Gauge, "training_loss_current", "Latest training loss of a run.", ("run",)),
+    (Gauge, "training_tokens_per_second", "Latest training throughput of a run.", ("run",)),
+    (Gauge, "evaluation_score", "Evaluation score of a model version, per metric.",
+     ("version", "metric")),
+    (Counter, "promotions_total", "Promotion gate decisions.", ("outcome", "tenant")),
+    (Counter, "rollbacks_total", "Rollbacks of the serving model.", ("tenant",)),
+    (Counter, "feedback_items_total", "Feedback items collected, by source and label.",
+     ("source", "label")),
+    (Counter, "drift_detected_total", "Drift detections.", ("tenant",)),
+)
+METRIC_NAMES = tuple(name for _, name, _, _ in SERIES)  # metric family names as exposed
+
+
+_METRICS: dict = {}
+
+
 def _build(registry: CollectorRegistry) -> None:
-    global REGISTRY, TRAINING_JOBS, TRAINING_DURATION, TRAINING_LOSS, TOKENS_PER_SECOND
-    global EVALUATION_SCORE, PROMOTIONS, ROLLBACKS, FEEDBACK_ITEMS, DRIFT_DETECTED
-    gauge_mode = "mostrecent"
+    """Create every series of SERIES on `registry` (the record_* helpers look them up in _METRICS, so a rebuilt
+    registry takes effect at once)."""
+    global REGISTRY
     REGISTRY = registry
-    # prometheus_client strips a trailing "_total" from a Counter's name and adds
-    # it back on exposition, so these expose exactly `training_jobs_total` etc.
-    TRAINING_JOBS = Counter(
-        "training_jobs_total", "Training jobs by lifecycle status.",
-        ["status", "tenant"], registry=registry)
-    TRAINING_DURATION = Histogram(
-        "training_duration_seconds", "Wall-clock duration of finished training jobs.",
-        ["tenant"], buckets=DURATION_BUCKETS, registry=registry)
-    TRAINING_LOSS = Gauge(
-        "training_loss_current", "Latest training loss of a run.",
-        ["run"], registry=registry, multiprocess_mode=gauge_mode)
-    TOKENS_PER_SECOND = Gauge(
-        "training_tokens_per_second", "Latest training throughput of a run.",
-        ["run"], registry=registry, multiprocess_mode=gauge_mode)
-    EVALUATION_SCORE = Gauge(
-        "evaluation_score", "Evaluation score of a model version, per metric.",
-        ["version", "metric"], registry=registry, multiprocess_mode=gauge_mode)
-    PROMOTIONS = Counter(
-        "promotions_total", "Promotion gate decisions.",
-        ["outcome", "tenant"], registry=registry)
-    ROLLBACKS = Counter(
-        "rollbacks_total", "Rollbacks of the serving model.",
-        ["tenant"], registry=registry)
-    FEEDBACK_ITEMS = Counter(
-        "feedback_items_total", "Feedback items collected, by source and label.",
-        ["source", "label"], registry=registry)
-    DRIFT_DETECTED = Counter(
-        "drift_detected_total", "Drift detections.",
-        ["tenant"], registry=registry)
+    for kind, name, doc, labels in SERIES:
+        extra = ({"buckets": DURATION_BUCKETS} if kind is Histogram else
+                 {"multiprocess_mode": "mostrecent"} if kind is Gauge else {})
+        _METRICS[name] = kind(name, doc, list(labels), registry=registry, **extra)
 
 
 REGISTRY: CollectorRegistry
@@ -182,20 +166,20 @@ def _check(value: str, allowed: tuple[str, ...], what: str) -> str:
 
 
 def record_training_started(tenant: str) -> None:
-    TRAINING_JOBS.labels(status="started", tenant=tenant).inc()
+    _METRICS["training_jobs_total"].labels(status="started", tenant=tenant).inc()
 
 
 def record_training_finished(tenant: str, status: str, seconds: float) -> None:
     """Count a finished job (succeeded|failed|cancelled) and observe its duration."""
     _check(status, FINISHED_STATUSES, "status")
-    TRAINING_JOBS.labels(status=status, tenant=tenant).inc()
-    TRAINING_DURATION.labels(tenant=tenant).observe(max(0.0, float(seconds)))
+    _METRICS["training_jobs_total"].labels(status=status, tenant=tenant).inc()
+    _METRICS["training_duration_seconds"].labels(tenant=tenant).observe(max(0.0, float(seconds)))
 
 
 def record_loss(run: str, loss: float, tokens_per_s: float | None = None) -> None:
-    TRAINING_LOSS.labels(run=run).set(float(loss))
+    _METRICS["training_loss_current"].labels(run=run).set(float(loss))
     if tokens_per_s is not None:
-        TOKENS_PER_SECOND.labels(run=run).set(float(tokens_per_s))
+        _METRICS["training_tokens_per_second"].labels(run=run).set(float(tokens_per_s))
 
 
 def record_evaluation(version: str, metrics: Mapping[str, float]) -> None:
@@ -203,15 +187,15 @@ def record_evaluation(version: str, metrics: Mapping[str, float]) -> None:
     for metric, value in metrics.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        EVALUATION_SCORE.labels(version=str(version), metric=str(metric)).set(float(value))
+        _METRICS["evaluation_score"].labels(version=str(version), metric=str(metric)).set(float(value))
 
 
 def record_promotion(tenant: str, promoted: bool) -> None:
-    PROMOTIONS.labels(outcome="promoted" if promoted else "rejected", tenant=tenant).inc()
+    _METRICS["promotions_total"].labels(outcome="promoted" if promoted else "rejected", tenant=tenant).inc()
 
 
 def record_rollback(tenant: str) -> None:
-    ROLLBACKS.labels(tenant=tenant).inc()
+    _METRICS["rollbacks_total"].labels(tenant=tenant).inc()
 
 
 def record_feedback(source: str, label: str, n: int = 1) -> None:
@@ -219,11 +203,11 @@ def record_feedback(source: str, label: str, n: int = 1) -> None:
     if n < 0:
         raise ValueError("n must be >= 0")
     if n:
-        FEEDBACK_ITEMS.labels(source=source, label=label).inc(n)
+        _METRICS["feedback_items_total"].labels(source=source, label=label).inc(n)
 
 
 def record_drift(tenant: str) -> None:
-    DRIFT_DETECTED.labels(tenant=tenant).inc()
+    _METRICS["drift_detected_total"].labels(tenant=tenant).inc()
 
 
 # --- export ---------------------------------------------------------------
