@@ -39,12 +39,12 @@ def estimate_job(spec: RetrainSpec, base_path: str, dataset: PreparedDataset) ->
 
 
 def await_approval(verdict: GuardDecision, timeout_s: float, logger) -> str | None:
-    """None to go on (the guard's verdict is "go", or a person approved), else why the run stops: refused
-    by the guard, rejected by a person, or no answer within `timeout_s`.
+    """None to go on (the guard says "run", or a person approved), else why the run stops: refused by the
+    guard, rejected by a person, or no answer within `timeout_s`.
 
-    A plain function, not a task: the pause is the flow run's (Prefect 3.8 would pause from inside a task
-    too, but a task run would stay Running through the wait and `tuneloop jobs` would show the job past
-    its checks while it waits for a person)."""
+    A plain function, not a task: it pauses the flow run itself. (Prefect 3.8's pause_flow_run finds the
+    flow run from inside a task too, but that task run would show Running through a wait of hours, and
+    nothing here is worth a retry.)"""
     if verdict.action == "refuse":
         logger.warning(verdict.reason)
         return f"refused before start: {verdict.reason}"
