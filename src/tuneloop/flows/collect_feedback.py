@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from tuneloop.tasks import run_logger
 from tuneloop.tasks.feedback import build_dataset, collect_source, emit_negative_events
 from tuneloop.feedback.items import FeedbackPolicy
 from tuneloop.specs import CollectSpec
@@ -12,7 +13,7 @@ from tuneloop.specs import CollectSpec
 
 @flow(name="collect-feedback")
 def collect_feedback(spec: CollectSpec) -> dict:
-    logger = get_run_logger()
+    logger = run_logger()
     policy = FeedbackPolicy(min_score=spec.min_score, min_rating=spec.min_rating)
     rows, tenants, events = [], set(), 0
     for source in spec.sources:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from tuneloop.tasks import run_logger
 from tuneloop.tasks.drift import emit_drift_event, load_reference_prompts, load_window, run_drift_test
 from tuneloop.runtime.fsutil import atomic_write_text
 from tuneloop.settings import get_settings
@@ -18,7 +19,7 @@ MIN_PROMPTS = 20
 
 @flow(name="detect-drift")
 def detect_drift(spec: DriftSpec) -> dict:
-    logger = get_run_logger()
+    logger = run_logger()
     reference, where = load_reference_prompts(spec)
     window = load_window(spec)
     if len(reference) < MIN_PROMPTS or len(window["prompts"]) < MIN_PROMPTS:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from tuneloop.tasks import run_logger
 from tuneloop.tasks.benchmarks import run_benchmark_suite
 from tuneloop.tasks.data import prepare_base_model
 from tuneloop.tasks.registry import fetch_adapter
@@ -17,7 +18,7 @@ from tuneloop.specs import RunBenchmarksSpec
 
 @flow(name="run-benchmarks")
 def run_benchmarks(spec: RunBenchmarksSpec) -> dict:
-    logger = get_run_logger()
+    logger = run_logger()
     registry = open_registry()
     version = registry.get(spec.version)
     base = prepare_base_model(version.manifest["base_model"])

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
 from tuneloop.tasks import TASK_DEFAULTS
-from tuneloop.runtime import observability as metrics
+from tuneloop.gate import incumbent
+from tuneloop.gate.apply import commit_decision
 from tuneloop.gate.decide import Decision
+from tuneloop.models.base import resolve_base_model
 from tuneloop.runtime.faults import crash_point
 from tuneloop.registry import Version, idempotency_key, open_registry
 from tuneloop.reports.markdown import render_markdown
@@ -40,16 +42,21 @@ def register_candidate(adapter_dir, **manifest) -> Version:
     return version
 
 
+@task(name="resolve-incumbent", **TASK_DEFAULTS)
+def resolve_incumbent(base_path: str) -> incumbent.Incumbent:
+    """The champion now (its own base model and verified adapter), or the base alone while there is none."""
+    logger = get_run_logger()
+    return incumbent.resolve_incumbent(open_registry(), base_path,
+                                       lambda name: resolve_base_model(name, get_settings().models_dir, log=logger.info))
+
+
 @task(name="apply-decision", **TASK_DEFAULTS)
 def apply_decision(version_id: str, decision: Decision, tenant: str = "default", *,
                    expected_champion: str | None) -> None:
     """The champion moves only if it is still `expected_champion`, the incumbent the gate compared against;
     otherwise ConflictError (not retried: the decision is stale) and nothing changes."""
-    registry = open_registry()
-    registry.record_decision(version_id, decision.to_json(), expected_champion=expected_champion)
-    metrics.record_promotion(tenant, decision.promote)
-    metrics.record_evaluation(version_id, registry.get(version_id).metrics)
-    metrics.write_textfile(get_settings().state_dir / "metrics" / "tuneloop.prom")
+    commit_decision(open_registry(), version_id, decision, tenant, expected_champion,
+                    get_settings().state_dir / "metrics" / "tuneloop.prom")
     if decision.promote:  # the `promote` deployment's trigger: a new champion goes to serving
         emit_event(event=CHAMPION_EVENT, resource={"prefect.resource.id": f"tuneloop.model.{version_id}",
                                                    "tuneloop.tenant": tenant},

@@ -1,0 +1,19 @@
+"""A gate decision applied: recorded in the registry (the champion moves by compare-and-swap) and counted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuneloop.gate.decide import Decision
+from tuneloop.runtime import observability as metrics
+
+
+def commit_decision(registry, version_id: str, decision: Decision, tenant: str, expected_champion: str | None,
+                    metrics_file: Path) -> None:
+    """The champion moves only if it is still `expected_champion`, the incumbent the gate compared against;
+    otherwise ConflictError (the decision is stale) and nothing changes. Then the promotion and evaluation
+    metrics, written to `metrics_file` for a textfile collector."""
+    registry.record_decision(version_id, decision.to_json(), expected_champion=expected_champion)
+    metrics.record_promotion(tenant, decision.promote)
+    metrics.record_evaluation(version_id, registry.get(version_id).metrics)
+    metrics.write_textfile(metrics_file)
