@@ -109,6 +109,7 @@ def test_the_watch_stops_an_attempt_once_a_newer_one_started_and_rides_out_a_fai
                        "was alive); stopping this process"]
 
 
+@pytest.mark.server  # a fresh interpreter: what an import does on its own
 def test_importing_the_task_layer_changes_no_logger():
     """Log redaction is turned on where a flow starts (`run_logger`), not as a side effect of an import."""
     code = ("import logging, tuneloop.tasks, tuneloop.flows.retrain, tuneloop.flows.promote\n"
