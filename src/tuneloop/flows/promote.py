@@ -17,9 +17,10 @@ from tuneloop.serving.rollout import idle_slot
 from tuneloop.serving.stages import already_live, breach_of, stages
 from tuneloop.specs import PromoteSpec
 from tuneloop.tasks import run_logger, start_attempt
+from tuneloop.tasks.registry import read_version
 from tuneloop.tasks.serving import (check_slot, load_candidate, move_alias, publish_promotion, read_alias,
-                                    read_serving_status, read_smoke_items, read_version, roll_back, set_canary,
-                                    switch_slot, watch_slot)
+                                    read_serving_status, read_smoke_items, roll_back, set_canary, switch_slot,
+                                    watch_slot)
 
 
 # A persisted result makes Prefect refuse to move a Completed run back to Scheduled, so a late retry

@@ -1,10 +1,12 @@
-"""A gate decision applied: recorded in the registry (the champion moves by compare-and-swap) and counted."""
+"""A candidate registered, and a gate decision applied: recorded in the registry (the champion moves by compare-and-swap) and counted."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from tuneloop.gate.decide import Decision
+from tuneloop.registry import idempotency_key
+from tuneloop.runtime.faults import crash_point
 from tuneloop.runtime import observability as metrics
 
 
@@ -17,3 +19,14 @@ def commit_decision(registry, version_id: str, decision: Decision, tenant: str, 
     metrics.record_promotion(tenant, decision.promote)
     metrics.record_evaluation(version_id, registry.get(version_id).metrics)
     metrics.write_textfile(metrics_file)
+
+
+def register_challenger(registry, adapter_dir, **manifest):
+    """A new version for the candidate, aliased `challenger`. Idempotent: a retried run (after a crash anywhere
+    past this point) finds the version its first attempt registered, by the adapter's content and dataset,
+    instead of adding a duplicate."""
+    key = idempotency_key(adapter_dir, manifest["dataset_version"], manifest.get("spec"))
+    version = registry.create_version(adapter_dir, idempotency_key=key, **manifest)
+    crash_point("registry-written")  # between the registry write and the alias moves
+    registry.set_alias("challenger", version.id)
+    return version

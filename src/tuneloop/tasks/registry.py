@@ -10,11 +10,10 @@ from prefect.events import emit_event
 
 from tuneloop.tasks import TASK_DEFAULTS
 from tuneloop.gate import incumbent
-from tuneloop.gate.apply import commit_decision
+from tuneloop.gate.apply import commit_decision, register_challenger
 from tuneloop.gate.decide import Decision
 from tuneloop.models.base import resolve_base_model
-from tuneloop.runtime.faults import crash_point
-from tuneloop.registry import Version, idempotency_key, open_registry
+from tuneloop.registry import Version, open_registry
 from tuneloop.reports.markdown import render_markdown
 from tuneloop.reports.summary import RetrainSummary
 from tuneloop.reports.write import write_reports
@@ -32,14 +31,15 @@ def fetch_adapter(ref: str) -> Path:
 
 @task(name="register-candidate", **TASK_DEFAULTS)
 def register_candidate(adapter_dir, **manifest) -> Version:
-    """Idempotent: a retried run (after a crash anywhere past this point) finds the version its first
-    attempt registered, by the adapter's content and dataset, instead of adding a duplicate."""
+    """Idempotent (see gate.apply.register_challenger): a retried run finds the version it registered."""
+    return register_challenger(open_registry(), adapter_dir, **manifest)
+
+
+@task(name="read-version", **TASK_DEFAULTS)
+def read_version(ref: str, alias: str | None = None) -> tuple[Version, str | None]:
+    """A registry version, and the version `alias` points at now (what a move of that alias will expect)."""
     registry = open_registry()
-    key = idempotency_key(adapter_dir, manifest["dataset_version"], manifest.get("spec"))
-    version = registry.create_version(adapter_dir, idempotency_key=key, **manifest)
-    crash_point("registry-written")  # between the registry write and the alias moves
-    registry.set_alias("challenger", version.id)
-    return version
+    return registry.get(ref), registry.aliases().get(alias) if alias else None
 
 
 @task(name="resolve-incumbent", **TASK_DEFAULTS)

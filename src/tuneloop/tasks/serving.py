@@ -8,7 +8,7 @@ import time
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tuneloop.registry import Version, open_registry
+from tuneloop.registry import open_registry
 from tuneloop.runtime import observability as metrics
 from tuneloop.serving import rollout, stages
 from tuneloop.serving.outcome import Outcome
@@ -19,13 +19,6 @@ from tuneloop.tasks import TASK_DEFAULTS
 
 def admin_for(spec: PromoteSpec) -> ServingAdmin:
     return ServingAdmin(spec.server, os.environ.get(spec.admin_token_env) or None)
-
-
-@task(name="read-version", **TASK_DEFAULTS)
-def read_version(ref: str, alias: str) -> tuple[Version, str | None]:
-    """The version to promote, and the version `alias` points at now (what its move will expect)."""
-    registry = open_registry()
-    return registry.get(ref), registry.aliases().get(alias)
 
 
 @task(name="read-alias", **TASK_DEFAULTS)
