@@ -14,13 +14,12 @@ from tuneloop.errors import ConflictError
 from tuneloop.runtime.faults import crash_point
 from tuneloop.serving.outcome import promotion_outcome
 from tuneloop.serving.rollout import idle_slot
-from tuneloop.serving.stages import already_live, breach_of, stages
+from tuneloop.serving.stages import already_live, breach_of, stages, watch
 from tuneloop.specs import PromoteSpec
 from tuneloop.tasks import run_logger, start_attempt
 from tuneloop.tasks.registry import read_version
 from tuneloop.tasks.serving import (check_slot, load_candidate, move_alias, publish_promotion, read_alias,
-                                    read_serving_status, read_smoke_items, roll_back, set_canary, switch_slot,
-                                    watch_slot)
+                                    read_serving_status, read_smoke_items, roll_back, set_canary, switch_slot)
 
 
 # A persisted result makes Prefect refuse to move a Completed run back to Scheduled, so a late retry
@@ -49,7 +48,9 @@ def promote(spec: PromoteSpec) -> dict:
                 since = switch_slot(spec, slot, version.id)
                 crash_point("promote-switched")  # live traffic moved, the alias not yet
                 logger.info(f"switched: {slot} ({version.id}) is live; watching {stage.seconds:.0f} s")
-            checks += watch_slot(spec, slot, items[: spec.probe_items], since, stage)
+            # one check-slot task per analysis (each retried on its own), every few seconds for the stage's time
+            checks += watch(lambda at: check_slot(spec, slot, items[: spec.probe_items], since, at),
+                            since, stage.seconds, stage.label)
             if (breach := breach_of(stage, checks)) is not None:
                 break
         if breach is not None:  # aliases untouched

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Incumbent(BaseModel):
@@ -39,6 +39,18 @@ class Manifest(BaseModel):
     incumbent: Incumbent | None = None
     dataset: dict[str, Any] | None = None  # the dataset's manifest: version, source, stats, splits
     feedback_window: dict[str, Any] | None = None  # {"start", "end"} of the feedback it was trained on
+
+    # Hand-edited or older manifests may hold null where a mapping belongs: read those as empty (or absent),
+    # as the string-keyed readers did, so one odd version never blocks the registry's scans.
+    @field_validator("spec", "metrics", mode="before")
+    @classmethod
+    def _null_is_empty(cls, v):
+        return {} if v is None else v
+
+    @field_validator("incumbent", mode="before")
+    @classmethod
+    def _mapping_or_absent(cls, v):
+        return v if isinstance(v, dict) else None
 
     @classmethod
     def from_json(cls, doc: dict) -> Manifest:

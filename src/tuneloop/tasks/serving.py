@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from tuneloop.registry import open_registry
 from tuneloop.runtime import observability as metrics
-from tuneloop.serving import rollout, stages
+from tuneloop.serving import rollout
 from tuneloop.serving.outcome import Outcome
 from tuneloop.serving.rollout import Check, ServingAdmin, SmokeItem
 from tuneloop.specs import PromoteSpec
@@ -55,14 +55,6 @@ def load_candidate(spec: PromoteSpec, slot: str, version: str) -> float:
 def check_slot(spec: PromoteSpec, slot: str, items: list, since: float, at: str, min_requests: int = 0) -> Check:
     """Probe the slot with smoke items, then judge it on the server's stats since `since` (probes included)."""
     return rollout.check_slot(admin_for(spec), slot, items, since, spec, at, min_requests)
-
-
-@task(name="watch-slot", **TASK_DEFAULTS)
-def watch_slot(spec: PromoteSpec, slot: str, items: list, since: float, stage: stages.Stage) -> list[Check]:
-    """The stage's analyses every few seconds for its duration, ending at the first failing one."""
-    admin = admin_for(spec)
-    return stages.watch(lambda at: rollout.check_slot(admin, slot, items, since, spec, at), since, stage.seconds,
-                        stage.label)
 
 
 @task(name="set-canary", **TASK_DEFAULTS)
