@@ -137,9 +137,15 @@ def test_int8_shrinks_and_stays_close_to_the_fp32_merge(tiny_base, adapter, merg
             assert (a - b).abs().max().item() < 0.02 * a.abs().max().item()
             agree += (a.argmax(-1) == b.argmax(-1)).sum().item()
             total += ids.shape[1]
-            greedy = [model.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
-                      for model in (fp32, int8)]
-            assert greedy[0].tolist() == greedy[1].tolist()
+            # greedy decoding: along fp32's own continuation, int8 picks the same next token at every step,
+            # except where fp32's two best logits are closer than int8's error could bridge (a genuine tie,
+            # which an upstream library change can create: seen with the base built by tokenizers 0.23.3)
+            seq = fp32.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
+            fa, fb = fp32(seq).logits[0, ids.shape[1] - 1:-1], int8(seq).logits[0, ids.shape[1] - 1:-1]
+            bound = 2 * (fa - fb).abs().max().item()
+            top2 = fa.topk(2, dim=-1).values
+            differs = fa.argmax(-1) != fb.argmax(-1)
+            assert all((top2[i, 0] - top2[i, 1]).item() <= bound for i in differs.nonzero().flatten().tolist())
     assert agree / total >= 0.95  # measured 59/59
 
 
