@@ -139,7 +139,7 @@ def test_int8_shrinks_and_stays_close_to_the_fp32_merge(tiny_base, adapter, merg
             total += ids.shape[1]
             # greedy decoding: along fp32's own continuation, int8 picks the same next token at every step,
             # except where fp32's two best logits are closer than int8's error could bridge (a genuine tie,
-            # which an upstream library change can create: seen with the base built by tokenizers 0.23.3)
+            # which an upstream library release can create: seen on a fresh install in 2026-12)
             seq = fp32.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=tok.pad_token_id)
             fa, fb = fp32(seq).logits[0, ids.shape[1] - 1:-1], int8(seq).logits[0, ids.shape[1] - 1:-1]
             bound = 2 * (fa - fb).abs().max().item()
