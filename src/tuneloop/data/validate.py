@@ -19,7 +19,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "function_call", "tool_call_id"}
@@ -182,6 +182,32 @@ def parse_line(text: str, line: int) -> tuple[object, Issue | None]:
     return obj, None
 
 
+def check_messages(messages: list, line: int, where: str = "message") -> tuple[list[dict], list[Issue]]:
+    """Each message's role, keys and content: the messages as {role, content}, and the issues found.
+    `where` names them in the issues ("message 2", "input message 2", ...)."""
+    issues: list[Issue] = []
+    norm = []
+    for n, m in enumerate(messages, 1):
+        if not isinstance(m, dict):
+            issues.append(Issue(line, "type", f"{where} {n} is a {type(m).__name__}, not an object"))
+            continue
+        role, content = m.get("role"), m.get("content")
+        if role not in ROLES:
+            issues.append(Issue(line, "role", f"{where} {n} has role {role!r}"))
+        extra = sorted(set(m) - MESSAGE_KEYS)
+        if extra:
+            issues.append(Issue(line, "unknown_key", f"{where} {n} has unrecognized key(s) {extra}"))
+        if content is None and m.get("tool_calls"):
+            content = ""
+        elif not isinstance(content, str):
+            issues.append(Issue(line, "type", f"{where} {n} content is {type(content).__name__}, not a string"))
+            continue
+        elif not content.strip():
+            issues.append(Issue(line, "empty_content", f"{where} {n} ({role}) has empty content"))
+        norm.append({"role": role, "content": content})
+    return norm, issues
+
+
 def _check_row(obj, line: int, tenant: str) -> tuple[Row | None, list[Issue]]:
     issues: list[Issue] = []
     bad = lambda rule, msg: issues.append(Issue(line, rule, msg))  # noqa: E731
@@ -203,25 +229,8 @@ def _check_row(obj, line: int, tenant: str) -> tuple[Row | None, list[Issue]]:
         bad("format", f"the row has neither messages nor prompt/completion (keys: {sorted(obj)})")
         return None, issues
 
-    norm = []
-    for n, m in enumerate(messages, 1):
-        if not isinstance(m, dict):
-            bad("type", f"message {n} is a {type(m).__name__}, not an object")
-            continue
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            bad("role", f"message {n} has role {role!r}")
-        extra = sorted(set(m) - MESSAGE_KEYS)
-        if extra:
-            bad("unknown_key", f"message {n} has unrecognized key(s) {extra}")
-        if content is None and m.get("tool_calls"):
-            content = ""
-        elif not isinstance(content, str):
-            bad("type", f"message {n} content is {type(content).__name__}, not a string")
-            continue
-        elif not content.strip():
-            bad("empty_content", f"message {n} ({role}) has empty content")
-        norm.append({"role": role, "content": content})
+    norm, problems = check_messages(messages, line)
+    issues.extend(problems)
     if not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages):
         bad("no_assistant", "no assistant message: nothing to learn from this row")
 
@@ -252,16 +261,31 @@ def validate_file(
 
     A row without a "tenant" field belongs to `tenant` (the spec's): a file for one tenant need not repeat it.
     """
-    path = Path(path)
     report = ValidationReport(str(path))
-    try:
-        # utf-8-sig: a byte order mark (spreadsheet programs write one) is not part of line 1;
-        # surrogateescape: a byte that is not UTF-8 is its line's problem, not an exception
-        fh = path.open(encoding="utf-8-sig", errors="surrogateescape")
-    except FileNotFoundError:
-        report.issues.append(Issue(0, "format", f"{path} does not exist"))
+    if missing(path, report):
         return report
-    with fh:
+    for line_no, obj in read_objects(path, report):
+        row, issues = _check_row(obj, line_no, tenant)
+        report.issues.extend(issues)
+        if row is None:
+            continue
+        if count_tokens is not None and max_tokens is not None:
+            row.n_tokens = count_tokens(row.messages)
+            if row.n_tokens > max_tokens:
+                report.issues.append(Issue(line_no, "too_long",
+                                           f"{row.n_tokens} tokens, over the limit of {max_tokens}"))
+                continue
+        report.rows.append(row)
+    check_count(report, min_examples)
+    return report
+
+
+def read_objects(path: str | Path, report: ValidationReport) -> Iterator[tuple[int, object]]:
+    """(line number, JSON value) for each non-blank line that parses; the lines that do not become issues
+    in `report`. `report.lines_read` counts as it goes."""
+    # utf-8-sig: a byte order mark (spreadsheet programs write one) is not part of line 1;
+    # surrogateescape: a byte that is not UTF-8 is its line's problem, not an exception
+    with Path(path).open(encoding="utf-8-sig", errors="surrogateescape") as fh:
         for line_no, text in enumerate(fh, 1):
             report.lines_read = line_no
             if not text.strip():
@@ -270,18 +294,18 @@ def validate_file(
             if problem is not None:
                 report.issues.append(problem)
                 continue
-            row, issues = _check_row(obj, line_no, tenant)
-            report.issues.extend(issues)
-            if row is None:
-                continue
-            if count_tokens is not None and max_tokens is not None:
-                row.n_tokens = count_tokens(row.messages)
-                if row.n_tokens > max_tokens:
-                    report.issues.append(Issue(line_no, "too_long",
-                                               f"{row.n_tokens} tokens, over the limit of {max_tokens}"))
-                    continue
-            report.rows.append(row)
+            yield line_no, obj
+
+
+def missing(path: str | Path, report: ValidationReport) -> bool:
+    """A missing file is the report's only issue (no count check on top)."""
+    if Path(path).exists():
+        return False
+    report.issues.append(Issue(0, "format", f"{path} does not exist"))
+    return True
+
+
+def check_count(report: ValidationReport, min_examples: int) -> None:
     if len(report.rows) < min_examples:
         report.issues.append(Issue(0, "too_few_examples",
                                    f"{len(report.rows)} valid example(s), at least {min_examples} required"))
-    return report
