@@ -199,7 +199,7 @@ def utf8(s: str) -> bool:
 
 def check_item(item) -> None:
     """An accepted FeedbackItem carries everything the store and the dataset builder need."""
-    from tuneloop.data.validate import _check_row
+    from tuneloop.data.validate import check_row
     from tuneloop.feedback.items import FeedbackItem
 
     assert isinstance(item, FeedbackItem)
@@ -228,7 +228,7 @@ def check_item(item) -> None:
     for answer in answers:
         row = {"messages": [dict(m) for m in item.messages] + [{"role": "assistant", "content": answer}],
                "tenant": item.tenant}
-        accepted, issues = _check_row(row, 1, item.tenant)  # the builder writes each tenant its own rows
+        accepted, issues = check_row(row, 1, item.tenant)  # the builder writes each tenant its own rows
         assert accepted is not None and not issues, [str(i) for i in issues]
 
 

@@ -4,6 +4,7 @@ Accepted shapes, one JSON object per line:
   {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
   {"prompt": "...", "completion": "..."}
 with optional "rating" (1-5), "score" (0-1) and "tenant" (string).
+(Preference rows for DPO, and telling the two kinds of file apart: `tuneloop.data.preference`.)
 Every problem is reported with its line, the rule and how to fix it; the
 whole file is read so that one run lists all problems at once. Bytes that
 are not UTF-8, text with lone surrogate escapes (\\ud800 without its pair,
@@ -28,7 +29,8 @@ ROW_KEYS = {"messages", "prompt", "completion", "rating", "score", "tenant", "id
 FIXES = {
     "json": "write exactly one JSON object per line (no trailing commas, double quotes only)",
     "type": "give the field the type shown in the docs: messages is a list of objects, content a string, rating a number",
-    "format": 'use {"messages": [...]} or {"prompt": "...", "completion": "..."}',
+    "format": 'use {"messages": [...]} or {"prompt": "...", "completion": "..."}; preference (DPO) data: '
+              '{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}',
     "role": f"use one of the roles {', '.join(ROLES)}",
     "unknown_key": f"keep only the keys {', '.join(sorted(MESSAGE_KEYS))} in a message",
     "no_assistant": "add an assistant message with the answer the model should learn",
@@ -37,6 +39,12 @@ FIXES = {
     "range": "ratings are 1-5 and scores 0-1",
     "too_few_examples": "add rows: at least the minimum number of valid examples is needed",
     "tenant": "split the file per tenant and train each tenant separately",
+    "dpo_input": 'give "input": {"messages": [...]} holding the conversation up to the answer',
+    "dpo_output": 'give preferred_output and non_preferred_output each as a list of exactly one message, '
+                  '[{"role": "assistant", "content": "..."}]',
+    "same_output": "make the preferred and non-preferred answers differ (nothing to learn otherwise), or drop the row",
+    "mixed_format": "split the file in two: chat rows (messages, or prompt and completion) in one, preference rows "
+                    "(input, preferred_output, non_preferred_output) in the other",
     "encoding": "save the file as UTF-8, and escape characters beyond U+FFFF as a complete surrogate pair "
                 "(\\ud83d\\ude00), never half of one",
 }
@@ -115,6 +123,7 @@ class ValidationReport:
     rows: list[Row] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
     lines_read: int = 0
+    format: str = "chat"  # or "dpo": then rows are preference.PreferenceRow
 
     @property
     def errors(self) -> list[Issue]:
@@ -126,7 +135,7 @@ class ValidationReport:
 
     def to_dict(self) -> dict:
         return {
-            "source": self.source, "ok": self.ok, "lines_read": self.lines_read,
+            "source": self.source, "format": self.format, "ok": self.ok, "lines_read": self.lines_read,
             "valid_rows": len(self.rows), "errors": len(self.errors),
             "issues": [asdict(i) | {"fix": i.fix} for i in self.issues],
         }
@@ -208,7 +217,7 @@ def check_messages(messages: list, line: int, where: str = "message") -> tuple[l
     return norm, issues
 
 
-def _check_row(obj, line: int, tenant: str) -> tuple[Row | None, list[Issue]]:
+def check_row(obj, line: int, tenant: str) -> tuple[Row | None, list[Issue]]:
     issues: list[Issue] = []
     bad = lambda rule, msg: issues.append(Issue(line, rule, msg))  # noqa: E731
     if not isinstance(obj, dict):
@@ -265,7 +274,7 @@ def validate_file(
     if missing(path, report):
         return report
     for line_no, obj in read_objects(path, report):
-        row, issues = _check_row(obj, line_no, tenant)
+        row, issues = check_row(obj, line_no, tenant)
         report.issues.extend(issues)
         if row is None:
             continue
