@@ -24,18 +24,22 @@ class SpecError(UserError):
     """A flow or CLI spec that does not validate."""
 
 
+def listed(issues: list, shown: int = 20) -> str:
+    """The first `shown` issues, one indented line each, then how many more: a message stays readable."""
+    more = f"\n  ... and {len(issues) - shown} more" if len(issues) > shown else ""
+    return "\n".join(f"  {i}" for i in issues[:shown]) + more
+
+
 class DataValidationError(UserError):
     """A dataset broke one or more data rules; `issues` lists each by line."""
 
     def __init__(self, source: object, issues: list, report_path: object | None = None):
         self.issues = issues
         self.report_path = report_path
-        lines = [f"  {i}" for i in issues[:20]]
-        more = f"\n  ... and {len(issues) - 20} more" if len(issues) > 20 else ""
         where = f" (full report: {report_path})" if report_path else ""
         super().__init__(
             source,
-            f"{len(issues)} data problem(s){where}:\n" + "\n".join(lines) + more,
+            f"{len(issues)} data problem(s){where}:\n" + listed(issues),
             "correct the rows listed above and run `tuneloop data validate FILE` again",
         )
 
