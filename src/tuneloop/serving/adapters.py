@@ -50,6 +50,7 @@ class _Base:
     model: object = None
     tok: object = None
     peft: object = None
+    active: str | None = None  # peft's active adapter key, if known: set_adapter walks every module
 
 
 @dataclass
@@ -174,7 +175,9 @@ class AdapterPool:
                 yield base.model
             return
         key = self._attach(base, *adapter)
-        base.peft.set_adapter(key, inference_mode=True)
+        if base.active != key:
+            base.peft.set_adapter(key, inference_mode=True)
+            base.active = key
         yield base.peft
 
     def _attach(self, base: _Base, name: str, folder: Path) -> str:
@@ -209,6 +212,7 @@ class AdapterPool:
     def _load(self, base: _Base, name: str, folder: Path, key: str) -> None:
         from peft import PeftModel
 
+        base.active = None
         try:
             if base.peft is None:
                 base.peft = PeftModel.from_pretrained(base.model, str(folder), adapter_name=key)
@@ -247,6 +251,7 @@ class AdapterPool:
             del base.model.peft_config
 
     def _detach(self, base: _Base, key: str) -> None:
+        base.active = None
         others = [k for k in base.peft.peft_config if k != key]
         if others and key in base.peft.active_adapters:  # else peft warns that it switched the active one
             base.peft.set_adapter(others[0], inference_mode=True)
