@@ -4,12 +4,18 @@ A model is the base with a version's adapter merged in (peft's
 `merge_and_unload`), so serving pays no adapter overhead per token. Calls are
 serialized per model by a lock: a CPU forward already uses every core, and the
 lock keeps a model's KV caches private to one request.
+
+The generation path (`_generate`) is shared with the adapter pool
+(`tuneloop.serving.adapters`): it runs whatever model `_activated` hands it,
+under whatever lock that holds, so a pooled engine only overrides the hook
+that loads and selects its adapter on the shared base.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +60,13 @@ class Engine:
     def max_context(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
+    @contextmanager
+    def _activated(self):
+        """The model to run one generation on, held exclusively until the block ends: here the merged model
+        under its lock. A pooled engine overrides this to select its adapter on a shared base."""
+        with self._lock:
+            yield self.model
+
     def _generate(self, ids: list[int], max_tokens: int, temperature: float, top_p: float,
                   stop: list[str], seed: int | None) -> Completion:
         if max_tokens < 1:
@@ -68,12 +81,12 @@ class Engine:
         kwargs = {"do_sample": False}
         if temperature > 0:
             kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p}
-        with self._lock, torch.inference_mode():
+        with self._activated() as model, torch.inference_mode():
             if seed is not None:
                 torch.manual_seed(seed)
-            out = self.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
-                                      dtype=torch.long), max_new_tokens=max_tokens, eos_token_id=eos,
-                                      pad_token_id=pad, **kwargs)
+            out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
+                                 dtype=torch.long), max_new_tokens=max_tokens, eos_token_id=eos,
+                                 pad_token_id=pad, **kwargs)
         new = out[0, len(ids):].tolist()
         finish = "length"
         if eos is not None and eos in new:
