@@ -74,6 +74,9 @@ class TrainingSpec(_Spec):
     packing: bool = Field(True, description="lay each micro-batch's examples end to end in rows, with no attention "
                                             "across examples, instead of padding every example to the longest; "
                                             "same loss, less compute on mixed lengths")
+    init_adapter: Path | None = Field(None, description="start from this LoRA adapter folder (continue training a "
+                                                       "fine-tuned model; its rank and target modules win) instead "
+                                                       "of a fresh adapter")
     group_by_length: bool = Field(True, description="without packing: batch examples of similar length together "
                                                     "so padding stays small")
 
@@ -200,6 +203,10 @@ class RetrainSpec(_Spec):
     hardware: str = Field("cpu", description="a row of tuneloop.cost.hardware.HARDWARE: prices and throughput for estimates")
     gpu_deployment: str | None = Field(None, description="deployment (flow/name) a run whose hardware has a GPU "
                                        "is handed to when it starts on a worker without one; None: train here")
+    job: Annotated[str, _safe("job id")] | None = Field(
+        None, description="the service's fine-tuning job this run belongs to: its run folder is kept under the "
+                          "job's name (so the service finds its progress and checkpoints) and the registered "
+                          "version's manifest names it")
 
     @model_validator(mode="after")
     def _splits(self):

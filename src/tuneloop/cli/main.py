@@ -421,8 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
     from tuneloop.cli.manage import add_parsers
     from tuneloop.cli.export import add_export_parser
 
+    from tuneloop.cli.up import add_parsers as add_service_parsers
+
     add_export_parser(sub)
     add_parsers(sub)  # serve, deploy, jobs
+    add_service_parsers(sub)  # up, keys
     return p
 
 

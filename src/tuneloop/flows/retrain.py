@@ -61,7 +61,7 @@ def retrain(spec: RetrainSpec) -> dict:
     version = register_candidate(
         trained.adapter_dir, base_model=spec.base_model, dataset_version=dataset.version,
         parent_version=champion.version, spec=spec.model_dump(mode="json"), metrics=candidate.metrics,
-        extra={"tenant": spec.tenant, "training": {k: v for k, v in trained.to_json().items() if k != "history"},
+        extra={"tenant": spec.tenant, "job": spec.job, "training": {k: v for k, v in trained.to_json().items() if k != "history"},
                "incumbent": {"label": incumbent.label, "metrics": incumbent.metrics},
                "dataset": dataset.manifest(), "feedback_window": dataset.datasheet.get("collection_window")},
     )

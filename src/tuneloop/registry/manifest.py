@@ -3,7 +3,7 @@
 `Version.manifest` stays the document as stored (what `registry show` prints and what the checksums
 were written with); `Version.info` is this typed view of it, for code that reads a field. The fields
 are those `Registry.create_version` writes, plus the retrain flow's extras (tenant, training,
-incumbent, dataset, feedback window); any other extra key is kept and given back by `to_json()`.
+incumbent, dataset, feedback window, the service job); any other extra key is kept and given back by `to_json()`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Manifest(BaseModel):
     created_at: str
     idempotency_key: str | None = None
     tenant: str | None = None
+    job: str | None = None  # the service's fine-tuning job that trained it (None: a retrain run outside the service)
     training: dict[str, Any] | None = None  # TrainResult.to_json() without its history
     incumbent: Incumbent | None = None
     dataset: dict[str, Any] | None = None  # the dataset's manifest: version, source, stats, splits

@@ -10,8 +10,12 @@ class NotFound(UserError):
     """An id this tenant has no such object for. Another tenant's id reads exactly like an unknown one,
     so an answer never tells whether an id exists elsewhere."""
 
-    def __init__(self, ident: str, kind: str, listing: str):
-        super().__init__(repr(ident[:80]), f"no such {kind} for this key's tenant",
+    http_status = 404
+
+    def __init__(self, ident: object, kind: str, listing: str, param: str | None = None):
+        self.kind, self.param = kind, param
+        self.code = "model_not_found" if kind == "model" else None  # OpenAI's code for an unknown model
+        super().__init__(repr(ident)[:80], f"no such {kind} for this key's tenant",
                          f"use an id that {listing} lists for this key")
 
 
@@ -26,3 +30,5 @@ class FileRejected(UserError):
 
 class TooLarge(UserError):
     """An upload over the store's size limit, refused before anything is written."""
+
+    http_status = 413

@@ -163,39 +163,18 @@ def _field(param: str):
         raise
 
 
-def create_app(router: Router | None = None, loader: Loader | None = None, served_name: str = "tuneloop",
-               admin_token: str | None = None, registry=None, allow_faults: bool = False, *,
-               keys: KeyRing | None = None, routers: dict[str, Router] | None = None,
-               max_concurrency: int = DEFAULT_MAX_CONCURRENCY, max_queue: int = DEFAULT_MAX_QUEUE) -> FastAPI:
-    """Without `keys`: one tenant (`router`), the /v1 routes open, the admin routes behind `admin_token` when set.
-    With `keys`: every route but /health needs a key; each tenant has its own Router (`routers`, else empty
-    ones) and served name (the keys file's `served_name`, else `served_name`)."""
-    loader = loader or Loader(registry)
-    admission = Admission(max_concurrency, max_queue)
-    if keys is None:
-        tenants: dict[str | None, Tenant] = {None: Tenant(None, router or Router(), served_name, Metrics())}
-    else:
-        routers = routers or {}
-        tenants = {t: Tenant(t, routers.get(t) or Router(), getattr(keys.config.get(t), "served_name", None)
-                             or served_name, Metrics()) for t in keys.tenants}
-    app = FastAPI(title="tuneloop serving", version="1", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.router = tenants[None].router if keys is None else None
-    app.state.tenants, app.state.admission = tenants, admission
-    shared = CollectorRegistry()  # process-wide capacity figures, appended to every tenant's scrape
-    running_g = Gauge("tuneloop_serving_generations_running", "Generations running (all tenants)", registry=shared)
-    waiting_g = Gauge("tuneloop_serving_generations_waiting", "Generations queued for a slot (all tenants)",
-                      registry=shared)
-    Gauge("tuneloop_serving_max_concurrency", "--max-concurrency", registry=shared).set(max_concurrency)
-    Gauge("tuneloop_serving_max_queue", "--max-queue", registry=shared).set(max_queue)
-
-    # -- errors: every answer but a success is OpenAI's {"error": {...}} --------------------------------
+def add_error_handlers(app: FastAPI, admission: Admission) -> None:
+    """Every answer but a success is OpenAI's {"error": {"message", "type", "param", "code"}}: a UserError is
+    a 400 naming its field (404 for an unknown model or object), a Denied a 401/403, Overloaded a 429."""
     @app.exception_handler(UserError)
     async def _user_error(_req, exc: UserError):
         if isinstance(exc, UnknownModel):
             return _error(404, str(exc), param="model", code="model_not_found")
         if isinstance(exc, BodyTooLarge):
             return _error(413, str(exc))
-        return _error(400, str(exc), param=getattr(exc, "param", None))
+        status = getattr(exc, "http_status", 400)  # e.g. 404: an object this key's tenant does not have
+        return _error(status, str(exc), "not_found_error" if status == 404 else "invalid_request_error",
+                      param=getattr(exc, "param", None), code=getattr(exc, "code", None))
 
     @app.exception_handler(Denied)
     async def _denied(_req, exc: Denied):
@@ -230,6 +209,34 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
     @app.exception_handler(Exception)
     async def _bug(_req, exc: Exception):  # a bug: the server logs the traceback; the answer names only the type
         return _error(500, f"internal error ({type(exc).__name__}); the server log has the details", "server_error")
+
+
+def create_app(router: Router | None = None, loader: Loader | None = None, served_name: str = "tuneloop",
+               admin_token: str | None = None, registry=None, allow_faults: bool = False, *,
+               keys: KeyRing | None = None, routers: dict[str, Router] | None = None,
+               max_concurrency: int = DEFAULT_MAX_CONCURRENCY, max_queue: int = DEFAULT_MAX_QUEUE) -> FastAPI:
+    """Without `keys`: one tenant (`router`), the /v1 routes open, the admin routes behind `admin_token` when set.
+    With `keys`: every route but /health needs a key; each tenant has its own Router (`routers`, else empty
+    ones) and served name (the keys file's `served_name`, else `served_name`)."""
+    loader = loader or Loader(registry)
+    admission = Admission(max_concurrency, max_queue)
+    if keys is None:
+        tenants: dict[str | None, Tenant] = {None: Tenant(None, router or Router(), served_name, Metrics())}
+    else:
+        routers = routers or {}
+        tenants = {t: Tenant(t, routers.get(t) or Router(), getattr(keys.config.get(t), "served_name", None)
+                             or served_name, Metrics()) for t in keys.tenants}
+    app = FastAPI(title="tuneloop serving", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.router = tenants[None].router if keys is None else None
+    app.state.tenants, app.state.admission = tenants, admission
+    shared = CollectorRegistry()  # process-wide capacity figures, appended to every tenant's scrape
+    running_g = Gauge("tuneloop_serving_generations_running", "Generations running (all tenants)", registry=shared)
+    waiting_g = Gauge("tuneloop_serving_generations_waiting", "Generations queued for a slot (all tenants)",
+                      registry=shared)
+    Gauge("tuneloop_serving_max_concurrency", "--max-concurrency", registry=shared).set(max_concurrency)
+    Gauge("tuneloop_serving_max_queue", "--max-queue", registry=shared).set(max_queue)
+
+    add_error_handlers(app, admission)
 
     # -- who is calling ------------------------------------------------------------------------------------
     def _caller(request: Request, role: str) -> Tenant:

@@ -146,6 +146,34 @@ class KeyRing:
         return cls(keys, tenants)
 
 
+def add_key(path: str | Path, tenant: str, role: str = "user", name: str | None = None) -> str:
+    """Make a new random key for `tenant`, store only its sha256 in the keys file at `path` (created if
+    absent; its other entries kept), and return the key: the one time it exists in the clear."""
+    import yaml
+
+    from tuneloop.runtime.fsutil import atomic_write_text, locked
+
+    if not is_safe_name(tenant):
+        raise UserError(f"--tenant {tenant!r}", "a tenant is 1-64 letters, digits, '_', '.' or '-', starting with a "
+                        "letter or digit", "name the tenant, e.g. --tenant acme")
+    if role not in ROLES:
+        raise UserError(f"--role {role!r}", f"a role is one of {', '.join(ROLES)}", "give --role user or admin")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = "tl-" + secrets.token_urlsafe(32)
+    with locked(path.parent, f".{path.name}.lock"):
+        data = {"keys": []}
+        if path.exists():
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {"keys": []}
+            if data.get("keys"):
+                KeyRing.parse(data, str(path))  # refuse to add to a file that is already broken
+        entry = {"sha256": hash_key(key), "tenant": tenant, "role": role,
+                 "name": name or f"{tenant}-{role}-{len(data.get('keys') or []) + 1}"}
+        data["keys"] = list(data.get("keys") or []) + [entry]
+        atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+    return key
+
+
 def main(argv: list[str]) -> int:
     """Print a new random key and the keys-file entry that stores its sha256."""
     if len(argv) != 2 or argv[1] not in ROLES or not is_safe_name(argv[0]):

@@ -67,6 +67,10 @@ def build_lora_model(base_path: str, spec: TrainingSpec):
     model = load_model(base_path, spec.quantization)
     if spec.quantization == "4bit":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if spec.init_adapter is not None:  # continue training a fine-tuned model: its adapter, its rank and targets
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(spec.init_adapter), is_trainable=True)
     cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                      target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
@@ -321,7 +325,7 @@ def train_lora(
             step = state["global_step"]
             tb.add_scalar("train/loss", step_loss, step)
             tb.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-            entry = {"step": step, "loss": step_loss}
+            entry = {"step": step, "loss": step_loss, "t": round(time.time(), 3)}
 
             if val_enc and (step % eval_every == 0 or step == total):
                 val = mean_loss(model, val_enc, spec.batch_size * 2, pad_id, packed, varlen)

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Callable
 
 from tuneloop.errors import UserError
 from tuneloop.runtime import observability as metrics
 from tuneloop.runtime.faults import crash_point
-from tuneloop.runtime.fsutil import locked
+from tuneloop.runtime.fsutil import atomic_write_text, locked
 from tuneloop.settings import get_settings
 from tuneloop.specs import RetrainSpec
 from tuneloop.training.checkpoint import checkpoint_rows
@@ -26,7 +27,8 @@ OnStep = Callable[[int, int, "list[dict] | None"], None]
 def run_id(spec: RetrainSpec, base_path: str, dataset_version: str) -> str:
     """Same data, base and training spec → same run folder, so a retried flow resumes its checkpoints
     (or, remotely, follows the job its first attempt started)."""
-    training = spec.training.model_dump(mode="json", exclude={"packing", "group_by_length"})
+    training = spec.training.model_dump(mode="json", exclude={"packing", "group_by_length"} | (
+        {"init_adapter"} if spec.training.init_adapter is None else set()))  # (unset: the folder it always had)
     if not spec.training.packing and spec.training.group_by_length:
         training["group_by_length"] = True  # the only layout that changes which examples share a step
     # (packed and padded random batches are the same batches with the same loss, as before these options:
@@ -38,8 +40,26 @@ def run_id(spec: RetrainSpec, base_path: str, dataset_version: str) -> str:
     return "run-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+PROGRESS_EVERY_S = 1.0
+PROGRESS_FILE = "progress.json"  # {"step", "total", "elapsed_s", "at"}: what a job's estimated finish is made of
+
+
+def write_progress(run_dir: Path, step: int, total: int, elapsed: float) -> None:
+    atomic_write_text(run_dir / PROGRESS_FILE, json.dumps({"step": step, "total": total,
+                                                           "elapsed_s": round(elapsed, 3), "at": time.time()}))
+
+
+def read_progress(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def run_folder(spec: RetrainSpec, base_path: str, dataset_version: str) -> Path:
-    return get_settings().runs_dir / run_id(spec, base_path, dataset_version)
+    """A service job's runs live under the job's name (the service reads their progress there)."""
+    runs = get_settings().runs_dir
+    return (runs / spec.job if spec.job else runs) / run_id(spec, base_path, dataset_version)
 
 
 def run_dir_lock(run_dir: Path, logger):
@@ -58,10 +78,14 @@ def train_run(spec: RetrainSpec, base_path: str, dataset, run_dir: Path, logger,
     "mid-training" once past half way with a checkpoint to resume from, then `should_stop`, whose reason
     ends the run early with its checkpoint kept."""
     remote = spec.trainer.kind != "local"
+    shown = [0.0]
 
     def watch(step: int, total: int, elapsed: float) -> str | None:
         rows = None if remote else checkpoint_rows(run_dir)
         on_step(step, total, rows)
+        if time.monotonic() - shown[0] >= PROGRESS_EVERY_S or step >= total:
+            write_progress(run_dir, step, total, elapsed)
+            shown[0] = time.monotonic()
         if rows and 2 * step >= total:
             crash_point("mid-training")  # past half way, with a checkpoint to resume from
         return should_stop(step, total, elapsed) if should_stop else None

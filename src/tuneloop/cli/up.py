@@ -1,0 +1,286 @@
+"""`tuneloop up`: the whole service on one machine, in the foreground; `tuneloop keys create`.
+
+`up` starts, in order: a local Prefect server on SQLite under the home (unless PREFECT_API_URL names one),
+the `cpu-pool` work pool, the shipped deployments and automations, a process worker, and the HTTP API
+(service/api.py). Jobs whose flow runs were in flight when the service last stopped get a new run, which
+resumes from their checkpoints. SIGINT or SIGTERM stops the API, then the worker and the server, by PID
+(each in its own process group, escalated to SIGKILL: a worker may ignore SIGTERM once its server is gone).
+
+This is the entry layer: the only part of the service that talks to Prefect.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from uuid import UUID
+
+import yaml
+
+from tuneloop.errors import UserError
+from tuneloop.service.home import Home
+from tuneloop.service.jobs import RunView
+
+PROJECT = Path(__file__).resolve().parents[3]  # a checkout's root: prefect.yaml, deployments/, src/
+BIN = Path(sys.executable).parent
+RETRAIN = "retrain/retrain"
+QUERY_SECONDS = "2"  # how often the worker asks for work (Prefect's default 10 s is most of a job's wait in queue)
+HEARTBEAT_ENV = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}  # as the shipped retrain deployments send
+
+
+class PrefectRuns:
+    """A job's flow runs on Prefect: runs of the retrain deployment, each tenant's own registry in its env."""
+
+    def __init__(self, home: Home, deployment: str = RETRAIN):
+        self.home, self.deployment = home, deployment
+
+    def submit(self, job_id: str, tenant: str, spec: dict) -> str:
+        from prefect.deployments import run_deployment
+
+        env = HEARTBEAT_ENV | {"TUNELOOP_REGISTRY": str(self.home.registry(tenant))}
+        fr = run_deployment(self.deployment, parameters={"spec": spec}, timeout=0, flow_run_name=job_id,
+                            tags=["tuneloop-service", f"tenant:{tenant}", f"job:{job_id}"],
+                            job_variables={"env": env})
+        return str(fr.id)
+
+    def view(self, run_id: str) -> RunView | None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+        from prefect.exceptions import ObjectNotFound
+
+        with get_client(sync_client=True) as client:
+            try:
+                fr = client.read_flow_run(UUID(run_id))
+            except ObjectNotFound:
+                return None
+            st = fr.state
+            if st is None:
+                return RunView("SCHEDULED")
+            kind = st.type.value
+            tasks = []
+            if kind == "RUNNING":
+                tasks = [t.name for t in client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id]))) if t.start_time is not None]
+            return RunView(kind, st.name or "", st.message, tasks)
+
+    def stop(self, run_id: str, message: str) -> None:
+        """Ask the worker to stop the run (it kills the run's process; checkpoints stay)."""
+        self._set(run_id, "cancelling", message)
+
+    def abandon(self, run_id: str, message: str) -> None:
+        """Mark a run whose process is gone as cancelled, so no retry automation starts it again."""
+        self._set(run_id, "cancelled", message)
+
+    def _set(self, run_id: str, kind: str, message: str) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelled, Cancelling
+
+        with get_client(sync_client=True) as client:
+            fr = client.read_flow_run(UUID(run_id))
+            if fr.state is not None and fr.state.is_final():
+                return
+            state = Cancelling(message=message) if kind == "cancelling" else Cancelled(message=message)
+            client.set_flow_run_state(UUID(run_id), state, force=True)
+
+    def emit_negative(self, item, reason: str) -> None:
+        """The event collect-feedback sends for a negative item: the retrain trigger counts them."""
+        from prefect.events import emit_event
+
+        from tuneloop.tasks.feedback import NEGATIVE_EVENT
+
+        emit_event(event=NEGATIVE_EVENT, resource={"prefect.resource.id": f"tuneloop.feedback.{item.id}",
+                                                   "tuneloop.tenant": item.tenant, "tuneloop.source": item.source},
+                   payload={"reason": reason, "score": item.score, "rating": item.rating})
+
+    def health(self, worker: subprocess.Popen | None) -> dict:
+        import httpx
+
+        from prefect.settings import PREFECT_API_URL
+
+        api = PREFECT_API_URL.value()
+        try:
+            ok = httpx.get(f"{api}/health", timeout=3).status_code == 200
+            prefect = {"state": "ok" if ok else "down", "url": api}
+        except httpx.HTTPError as e:
+            prefect = {"state": "down", "url": api, "error": type(e).__name__}
+        w = {"state": "ok" if worker is not None and worker.poll() is None else "down", "pool": "cpu-pool"}
+        if worker is not None:
+            w["pid"] = worker.pid
+        return {"prefect": prefect, "worker": w}
+
+
+# -- processes -----------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], log: Path, env: dict, cwd: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        return subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _wait_healthy(api: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UserError("prefect server", f"exited with {proc.returncode} at start", f"read {log}")
+        try:
+            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise UserError("prefect server", f"not healthy after {timeout:.0f} s", f"read {log}")
+
+
+def _prefect(args: list[str], env: dict, log: Path, timeout: float = 300) -> None:
+    with open(log, "ab") as fh:
+        proc = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=PROJECT, stdout=fh,
+                              stderr=subprocess.STDOUT, timeout=timeout)
+    if proc.returncode != 0:
+        raise UserError(f"prefect {' '.join(args[:2])}", f"failed with exit code {proc.returncode}",
+                        f"read {log}")
+
+
+def _deployments_file(home: Home) -> Path:
+    """The shipped prefect.yaml as `up` applies it: schedules and triggers left out (they run the default
+    tenant's loop on files this service does not have; the per-tenant loop wires its own)."""
+    source = PROJECT / "prefect.yaml"
+    if not source.exists():
+        raise UserError(str(source), "tuneloop up applies the deployments of a tuneloop checkout's prefect.yaml",
+                        "run tuneloop up from an installation made from a checkout (pip install -e .)")
+    config = yaml.safe_load(source.read_text())
+    for d in config["deployments"]:
+        d.pop("schedules", None)
+        d.pop("triggers", None)
+    out = home.root / "prefect.yaml"
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    return out
+
+
+def _apply(home: Home, env: dict, log: Path) -> None:
+    """Work pool, deployments and automations, each made idempotent (a restart applies them again)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    automations = PROJECT / "deployments" / "automations.yaml"
+    names = [a["name"] for a in yaml.safe_load(automations.read_text())["automations"]]
+    with get_client(sync_client=True) as client:
+        for pool in ("cpu-pool", "gpu-pool"):  # gpu-pool: the GPU deployments' pool; a GPU host's worker serves it
+            try:
+                client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+            except ObjectAlreadyExists:
+                pass
+        for a in client.read_automations():
+            if a.name in names:
+                client.delete_automation(a.id)
+    _prefect(["--no-prompt", "deploy", "--all", "--prefect-file", str(_deployments_file(home))], env, log)
+    _prefect(["automation", "create", "--from-file", str(automations)], env, log)
+
+
+def cmd_up(args) -> int:
+    import uvicorn
+
+    from tuneloop.service.api import create_service_app
+    from tuneloop.service.service import Service
+    from tuneloop.serving.adapters import AdapterPool
+
+    home = Home.at(args.home)
+    home.root.mkdir(parents=True, exist_ok=True)
+    logs = home.root / "logs"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what was started, even while starting
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")} | home.env() | {
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TUNELOOP_PROJECT_DIR": str(PROJECT),
+        "TUNELOOP_SERVER": os.environ.get("TUNELOOP_SERVER") or f"http://{args.host}:{args.port}"}
+    os.environ.update(home.env())
+    started: list[subprocess.Popen] = []
+    worker = None
+    t0 = time.perf_counter()
+    try:
+        api = os.environ.get("PREFECT_API_URL")
+        if not api:
+            port = args.prefect_port or _free_port()
+            api = f"http://127.0.0.1:{port}/api"
+            log = logs / "prefect-server.log"
+            print(f"starting Prefect on {api} (SQLite under {home.prefect}; log {log})", flush=True)
+            started.append(_start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                                   str(port)], log, env, home.root))
+            _wait_healthy(api, started[-1], log)
+        env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"] = api
+        print("applying the work pool, deployments and automations", flush=True)
+        _apply(home, env, logs / "deploy.log")
+        worker = _start([str(BIN / "prefect"), "worker", "start", "--pool", "cpu-pool", "--type", "process"],
+                        logs / "worker.log", env | {"PREFECT_WORKER_QUERY_SECONDS": QUERY_SECONDS}, PROJECT)
+        started.append(worker)
+        runs = PrefectRuns(home)
+        service = Service(home, runs)
+        for job in service.resume_orphans():
+            print(f"resuming {job}: its run was in flight when the service stopped", flush=True)
+        pool = AdapterPool(budget_bytes=int(args.adapter_budget_mb * 2**20))
+        app = create_service_app(service, pool, health=lambda: runs.health(worker))
+        print(f"tuneloop is up in {time.perf_counter() - t0:.0f} s: http://{args.host}:{args.port}/v1 "
+              f"(home {home.root}; keys: tuneloop keys create --tenant NAME --home {args.home})", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in reversed(started):
+            _stop(proc)
+        print("tuneloop stopped", flush=True)
+    return 0
+
+
+def cmd_keys(args) -> int:
+    from tuneloop.serving.keys import add_key
+
+    home = Home.at(args.home)
+    key = add_key(home.keys_file, args.tenant, args.role, args.name)
+    print(key)
+    print(f"(a {args.role} key of tenant {args.tenant}; only its sha256 is stored, in {home.keys_file}: "
+          "keep the key now, it cannot be shown again)")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    u = sub.add_parser("up", help="start the service: Prefect, a worker, the deployments and the OpenAI-compatible "
+                                  "API, in the foreground")
+    u.add_argument("--home", default=".tuneloop", help="the state folder (default .tuneloop)")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=8000)
+    u.add_argument("--prefect-port", type=int, help="port of the local Prefect server (default: a free one)")
+    u.add_argument("--adapter-budget-mb", type=float, default=512.0,
+                   help="memory for loaded adapters; the least recently used are unloaded beyond it (default 512)")
+    u.set_defaults(func=cmd_up)
+    k = sub.add_parser("keys", help="API keys of the service").add_subparsers(dest="keys_cmd", required=True)
+    c = k.add_parser("create", help="make a key; it is printed once, alone on the first line")
+    c.add_argument("--tenant", required=True)
+    c.add_argument("--role", default="user", choices=("user", "admin"))
+    c.add_argument("--name", help="a label for the key (default TENANT-ROLE-N)")
+    c.add_argument("--home", default=".tuneloop")
+    c.set_defaults(func=cmd_keys)

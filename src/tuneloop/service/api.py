@@ -1,0 +1,275 @@
+"""The service's HTTP API: OpenAI's `/v1` files, fine-tuning jobs, models, chat and completions, per tenant.
+
+A team's code written for OpenAI works by changing `base_url` to `http://HOST:PORT/v1` and `api_key` to a key
+from `tuneloop keys create`. Every `/v1` route needs a key; the key's tenant owns what it creates, and
+another tenant's file, job or model is a 404 exactly like an unknown one. Objects, status words and the
+error body are OpenAI's (docs/openai-migration.md lists every field).
+
+    POST   /v1/files                                  multipart: file, purpose=fine-tune (validated here)
+    GET    /v1/files[/{id}[/content]]   DELETE /v1/files/{id}
+    POST   /v1/fine_tuning/jobs                       GET /v1/fine_tuning/jobs?after=&limit=
+    GET    /v1/fine_tuning/jobs/{id}                  POST .../{id}/cancel | pause | resume
+    GET    /v1/fine_tuning/jobs/{id}/events           GET  .../{id}/checkpoints
+    POST   /v1/fine_tuning/jobs/{id}/evaluate         {file, max_items, max_new_tokens}: metrics, and the base's
+    GET    /v1/models[/{model}]         DELETE /v1/models/{model}
+    POST   /v1/chat/completions         POST /v1/completions
+    POST   /v1/feedback                               {completion_id, rating|score|thumbs, correction, comment, user}
+    GET    /stats                                     the key's tenant: jobs by status, tokens, models, feedback
+    GET    /metrics                                   Prometheus (an admin key)
+    GET    /health                                    Prefect API, worker, registry, store (no key)
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from tuneloop.serving import bodies
+from tuneloop.serving.app import Denied, add_error_handlers
+from tuneloop.serving.capacity import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_QUEUE, Admission
+from tuneloop.serving.keys import Key, KeyRing
+from tuneloop.service.service import Service
+
+MAX_UPLOAD_BYTES = 512 * 2**20
+
+
+class Keys:
+    """The home's keys file, read again whenever it changes (a key created while the service runs works at once)."""
+
+    def __init__(self, path):
+        self.path, self._seen, self._ring = path, None, None
+
+    def find(self, presented: str) -> Key | None:
+        try:
+            stamp = self.path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+        if stamp != self._seen:
+            self._ring, self._seen = KeyRing.load(self.path), stamp
+        return self._ring.find(presented)
+
+
+def _limit(request: Request, default: int = 20) -> tuple[str | None, int]:
+    q = request.query_params
+    raw = q.get("limit")
+    try:
+        limit = default if raw is None else int(raw)
+    except ValueError:
+        limit = -1
+    if not 1 <= limit <= 10000:
+        raise bodies.BadField("limit", raw, "must be an integer from 1 to 10000", "send e.g. limit=20")
+    return q.get("after"), limit
+
+
+def _listing(items: list[dict], more: bool) -> dict:
+    return {"object": "list", "data": items, "has_more": more,
+            "first_id": items[0]["id"] if items else None, "last_id": items[-1]["id"] if items else None}
+
+
+def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+                       max_queue: int = DEFAULT_MAX_QUEUE, health=None) -> FastAPI:
+    """`pool`: an AdapterPool serving every model on one shared copy of its base; `health()`: the
+    dependencies' states (Prefect API, worker), added to /health."""
+    keys = Keys(service.home.keys_file)
+    admission = Admission(max_concurrency, max_queue)
+    app = FastAPI(title="tuneloop", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+    add_error_handlers(app, admission)
+    registry = CollectorRegistry()
+    jobs_g = Gauge("tuneloop_service_jobs", "Fine-tuning jobs by status (all tenants)", ["status"], registry=registry)
+    adapters_g = Gauge("tuneloop_service_adapters_loaded", "Adapters loaded on the shared bases", registry=registry)
+    adapter_bytes_g = Gauge("tuneloop_service_adapter_bytes", "Memory held by loaded adapters", registry=registry)
+    answered = Counter("tuneloop_service_completions_total", "Completions answered, by outcome", ["outcome"],
+                       registry=registry)
+
+    def tenant(request: Request, role: str = "user") -> str:
+        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+        presented = presented.strip()
+        if scheme.lower() != "bearer" or not presented:
+            raise Denied(401, "this service needs an API key. Fix: send 'Authorization: Bearer <key>' (the openai "
+                         "SDK's api_key); make one with `tuneloop keys create --tenant NAME`")
+        key = keys.find(presented)
+        if key is None:
+            raise Denied(401, "the API key is not valid on this service. Fix: use a key printed by "
+                         "`tuneloop keys create` for this service's --home")
+        if not key.can(role):
+            raise Denied(403, f"key {key.name!r} (tenant {key.tenant}) has role {key.role}; {request.url.path} "
+                         "needs an admin key. Fix: `tuneloop keys create --tenant T --role admin`")
+        return key.tenant
+
+    async def body(request: Request) -> dict:
+        raw = await request.body()
+        if len(raw) > bodies.MAX_BODY_BYTES:
+            raise bodies.BodyTooLarge(bodies.MAX_BODY_BYTES)
+        return bodies.parse_json(raw)
+
+    # -- files ----------------------------------------------------------------------------------------
+    @app.post("/v1/files")
+    async def files_create(request: Request):
+        t = tenant(request)
+        form = await request.form(max_part_size=MAX_UPLOAD_BYTES)
+        upload, purpose = form.get("file"), form.get("purpose")
+        if upload is None or isinstance(upload, str):
+            raise bodies.BadField("file", upload, "a multipart upload with a file part is required",
+                                  "send the JSONL file as the `file` part (client.files.create(file=open(...)))")
+        data = await upload.read()
+        return await run_in_threadpool(service.files.create, t, upload.filename or "upload.jsonl", data, purpose)
+
+    @app.get("/v1/files")
+    async def files_list(request: Request):
+        t = tenant(request)
+        after, limit = _limit(request, 10000)
+        q = request.query_params
+        items = service.files.list(t, purpose=q.get("purpose"), limit=min(limit + 1, 10000), after=after,
+                                   order=q.get("order", "desc"))  # one more: whether there are more
+        return _listing(items[:limit], len(items) > limit)
+
+    @app.get("/v1/files/{file_id}")
+    async def files_get(file_id: str, request: Request):
+        return service.files.get(tenant(request), file_id)
+
+    @app.delete("/v1/files/{file_id}")
+    async def files_delete(file_id: str, request: Request):
+        return service.files.delete(tenant(request), file_id)
+
+    @app.get("/v1/files/{file_id}/content")
+    async def files_content(file_id: str, request: Request):
+        return Response(service.files.content(tenant(request), file_id), media_type="application/jsonl")
+
+    # -- fine-tuning jobs -----------------------------------------------------------------------------
+    @app.post("/v1/fine_tuning/jobs")
+    async def jobs_create(request: Request):
+        t = tenant(request)
+        return await run_in_threadpool(service.create_job, t, await body(request))
+
+    @app.get("/v1/fine_tuning/jobs")
+    async def jobs_list(request: Request):
+        t = tenant(request)
+        after, limit = _limit(request)
+        return _listing(*await run_in_threadpool(service.list_jobs, t, after, limit))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}")
+    async def jobs_get(job_id: str, request: Request):
+        return await run_in_threadpool(service.job, tenant(request), job_id)
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/{action}")
+    async def jobs_action(job_id: str, action: str, request: Request):
+        t = tenant(request)
+        if action == "evaluate":
+            return await run_in_threadpool(service.evaluate, t, job_id, await body(request))
+        if action not in ("cancel", "pause", "resume"):
+            raise bodies.BadField("action", action, "a job action is cancel, pause, resume or evaluate",
+                                  "fix the path")
+        return await run_in_threadpool(getattr(service, action), t, job_id)
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/events")
+    async def jobs_events(job_id: str, request: Request):
+        t = tenant(request)
+        after, limit = _limit(request)
+        return _listing(*await run_in_threadpool(service.events, t, job_id, after, limit))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
+    async def jobs_checkpoints(job_id: str, request: Request):
+        t = tenant(request)
+        after, limit = _limit(request, 10)
+        return _listing(*await run_in_threadpool(service.checkpoints, t, job_id, after, limit))
+
+    # -- models ---------------------------------------------------------------------------------------
+    @app.get("/v1/models")
+    async def models_list(request: Request):
+        return {"object": "list", "data": await run_in_threadpool(service.models, tenant(request))}
+
+    @app.get("/v1/models/{model:path}")
+    async def models_get(model: str, request: Request):
+        return await run_in_threadpool(service.model, tenant(request), model)
+
+    @app.delete("/v1/models/{model:path}")
+    async def models_delete(model: str, request: Request):
+        t = tenant(request)
+        out = await run_in_threadpool(service.delete_model, t, model)
+        if pool is not None:
+            pool.unload(model)
+        return out
+
+    # -- inference ------------------------------------------------------------------------------------
+    async def answer(request: Request, kind: str):
+        t = tenant(request)
+        b = await body(request)
+        args = bodies.generation(b, kind)
+        payload = bodies.messages(b) if kind == "chat" else bodies.prompt(b)
+        model = b.get("model")
+        if not isinstance(model, str) or not model:
+            raise bodies.BadField("model", model, "is required: one of GET /v1/models, a checkpoint id or "
+                                  "'champion'", "send model")
+        base, adapter = await run_in_threadpool(service.resolve_model, t, model)
+        outcome = "error"
+        try:
+            async with admission.slot():
+                engine = await run_in_threadpool(pool.engine, base, adapter)
+                fn = engine.chat if kind == "chat" else engine.complete
+                out = await anyio.to_thread.run_sync(lambda: fn(payload, **args))
+            outcome = "ok"
+        finally:
+            answered.labels(outcome).inc()
+        rid, created = uuid.uuid4().hex[:24], int(time.time())
+        cid = f"chatcmpl-{rid}" if kind == "chat" else f"cmpl-{rid}"
+        asked = payload if kind == "chat" else [{"role": "user", "content": payload}]
+        await run_in_threadpool(service.completions.keep, t, cid, model, asked, out.text)  # feedback needs the id only
+        usage = {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+                 "total_tokens": out.prompt_tokens + out.completion_tokens}
+        if kind == "chat":
+            return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                    "system_fingerprint": None, "usage": usage,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+                                 "logprobs": None, "finish_reason": out.finish_reason}]}
+        return {"id": cid, "object": "text_completion", "created": created, "model": model,
+                "system_fingerprint": None, "usage": usage,
+                "choices": [{"index": 0, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await answer(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await answer(request, "completion")
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        t = tenant(request)
+        return await run_in_threadpool(service.feedback, t, await body(request))
+
+    # -- operations -----------------------------------------------------------------------------------
+    @app.get("/stats")
+    async def stats(request: Request):
+        return await run_in_threadpool(service.stats, tenant(request))
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        tenant(request, "admin")
+        for status, n in (await run_in_threadpool(_job_counts)).items():
+            jobs_g.labels(status).set(n)
+        if pool is not None:
+            st = pool.stats()
+            adapters_g.set(len(st.get("adapters", [])))
+            adapter_bytes_g.set(st.get("bytes_used", 0))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    def _job_counts() -> dict:
+        from collections import Counter
+
+        return Counter(service._observe(r)[0] for t in service.jobs.tenants() for r in service.jobs.list(t))
+
+    @app.get("/health")
+    async def health_route():
+        parts = (await run_in_threadpool(health) if health is not None else {}) | service.health()
+        ok = all(p.get("state") == "ok" for p in parts.values())
+        return JSONResponse({"status": "ok" if ok else "degraded", **parts}, status_code=200 if ok else 503)
+
+    return app

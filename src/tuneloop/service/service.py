@@ -1,0 +1,356 @@
+"""The service behind `/v1`: files, fine-tuning jobs and models of each tenant, over one home folder.
+
+Prefect stays outside: `runs` (the entry layer's, see cli/up.py) submits a job's flow run, reads its state
+and stops it. Everything a tenant owns is looked up within that tenant only, so another tenant's id is
+the same 404 as an unknown one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+from tuneloop.errors import UserError
+from tuneloop.feedback.store import FeedbackStore
+from tuneloop.service import jobs as J
+from tuneloop.service.errors import NotFound
+from tuneloop.service.feedback import Completions, record_feedback
+from tuneloop.service.files import FileStore
+from tuneloop.service.home import Home
+from tuneloop.service.requests import build_spec, parse_create
+from tuneloop.specs import TINY_BASE
+
+MIN_EXAMPLES = 10  # OpenAI's minimum for a training file
+
+
+class Runs(Protocol):
+    def submit(self, job_id: str, tenant: str, spec: dict) -> str: ...  # the new flow run's id
+    def view(self, run_id: str) -> J.RunView | None: ...
+    def stop(self, run_id: str, message: str) -> None: ...  # the worker kills its process
+    def abandon(self, run_id: str, message: str) -> None: ...  # its process is gone: mark it cancelled
+
+
+class BadState(UserError):
+    """An action the job's status does not allow (cancel a finished job, resume a running one): a 400."""
+
+
+class Service:
+    def __init__(self, home: Home, runs: Runs | None = None, bases: tuple[str, ...] = (TINY_BASE,)):
+        self.home, self.runs, self.bases = home, runs, bases
+        self.files = FileStore(home.files)
+        self.jobs = J.JobStore(home.jobs)
+        self.completions = Completions(home.completions)
+        self.feedback_store = FeedbackStore(home.root / "feedback")  # where collect-feedback keeps it
+
+    def feedback(self, tenant: str, body: dict) -> dict:
+        return record_feedback(self.feedback_store, self.completions, tenant, body,
+                               emit=getattr(self.runs, "emit_negative", None))
+
+    # -- registries ----------------------------------------------------------------------------------
+    def registry(self, tenant: str):
+        from tuneloop.registry import open_registry
+
+        return open_registry(str(self.home.registry(tenant)))
+
+    def _version_of(self, tenant: str, job_id: str):
+        reg = self.registry(tenant)
+        for v in reg.list():
+            if v.manifest.get("job") == job_id:
+                return v
+        return None
+
+    # -- jobs ----------------------------------------------------------------------------------------
+    def create_job(self, tenant: str, body: dict) -> dict:
+        req = parse_create(body)
+        train = self.files.get(tenant, req["training_file"])
+        files = [("training_file", train)]
+        if req["validation_file"]:
+            files.append(("validation_file", self.files.get(tenant, req["validation_file"])))
+        for param, f in files:
+            if f.get("format", "chat") != "chat":
+                raise UserError(f"{param}={f['id']}", f"holds {f.get('format')} rows; a supervised job trains on "
+                                "chat rows", "upload a chat-format file (messages or prompt/completion)")
+        if train.get("rows", 0) < MIN_EXAMPLES:
+            raise UserError(f"training_file={train['id']}", f"has {train.get('rows')} example(s); a job needs at "
+                            f"least {MIN_EXAMPLES}", "add examples to the file and upload it again")
+        base, init_adapter = self._base_for(tenant, req["model"])
+        job_id = J.new_id(J.JOB_PREFIX)
+        validation = self.files.path(tenant, req["validation_file"]) if req["validation_file"] else None
+        spec, hyper = build_spec(req, base, tenant, job_id, self.files.path(tenant, train["id"]), validation,
+                                 init_adapter)
+        record = {"id": job_id, "tenant": tenant, "created_at": time.time(), "model": req["model"],
+                  "base_model": base, "training_file": train["id"], "validation_file": req["validation_file"],
+                  "suffix": req["suffix"], "seed": spec.training.seed, "metadata": req["metadata"],
+                  "method": req["method"], "hyperparameters": hyper, "spec": spec.model_dump(mode="json"),
+                  "fine_tuned_model_name": J.fine_tuned_name(base, tenant, req["suffix"], job_id),
+                  "runs": [], "status": None}
+        J.add_event(record, f"Validated training file: {train['id']} ({train.get('rows')} examples)")
+        if self.runs is None:
+            raise UserError("fine_tuning.jobs.create", "this server has no Prefect to run jobs on",
+                            "start the service with `tuneloop up`")
+        run_id = self.runs.submit(job_id, tenant, record["spec"])  # raises before any record is written
+        record["runs"].append(run_id)
+        J.add_event(record, "Fine-tuning job queued")
+        self.jobs.save(record)
+        return self._object(record)
+
+    def _base_for(self, tenant: str, model: str) -> tuple[str, Path | None]:
+        """The base model a job trains, and the adapter it starts from when `model` is a fine-tuned model."""
+        if model.startswith("ft:"):
+            base, adapter = self.resolve_model(tenant, model)
+            if adapter is None:
+                raise NotFound(model, "model", "GET /v1/models", "model")
+            return base, adapter[1]
+        if model == "champion":
+            raise UserError("model='champion'", "a job names the model it continues from",
+                            "give the champion's fine_tuned_model id (GET /v1/models/champion shows it)")
+        if model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
+            raise UserError(f"model={model!r}", "is a local path that does not exist",
+                            "give a Hugging Face model id, an existing model folder, or tuneloop/tiny-llama")
+        return model, None
+
+    def job(self, tenant: str, job_id: str) -> dict:
+        return self._object(self.jobs.get(tenant, job_id))
+
+    def _object(self, record: dict) -> dict:
+        status, outcome = self._observe(record)
+        if outcome:
+            record = self.jobs.update(record["tenant"], record["id"], lambda r: _finish(r, outcome))
+        return J.to_object(record, status, self.home.runs)
+
+    def _observe(self, record: dict) -> tuple[str, dict]:
+        if record.get("status") in J.TERMINAL or record.get("status") == "paused" or not record.get("runs"):
+            return J.observe(record, None, None, self.home.runs)
+        view = self.runs.view(record["runs"][-1]) if self.runs is not None else None
+        if view is None:
+            return record.get("status") or "queued", {}
+        version = self._version_of(record["tenant"], record["id"]) if view.state_type == "COMPLETED" else None
+        return J.observe(record, view, version, self.home.runs)
+
+    def list_jobs(self, tenant: str, after: str | None, limit: int) -> tuple[list[dict], bool]:
+        records, more = J.page(self.jobs.list(tenant), after, limit)
+        return [self._object(r) for r in records], more
+
+    def cancel(self, tenant: str, job_id: str) -> dict:
+        record = self.jobs.get(tenant, job_id)
+        status = self._object(record)["status"]
+        if status in J.TERMINAL:
+            raise BadState(f"job {job_id}", f"is already {status}", "only a queued, running or paused job cancels")
+
+        def change(r):
+            r["cancel_requested"] = True
+            J.add_event(r, "Job cancellation requested; checkpoints are kept")
+            if r.get("status") == "paused":
+                _finish(r, {"status": "cancelled", "finished_at": int(time.time())})
+
+        record = self.jobs.update(tenant, job_id, change)
+        if record.get("status") != "cancelled" and self.runs is not None:
+            self.runs.stop(record["runs"][-1], "cancelled through the fine-tuning API")
+        return self._object(record)
+
+    def pause(self, tenant: str, job_id: str) -> dict:
+        status = self.job(tenant, job_id)["status"]
+        if status not in ("queued", "running", "validating_files"):
+            raise BadState(f"job {job_id}", f"is {status}", "only a queued or running job pauses")
+
+        def change(r):
+            r["pause_requested"] = True
+            J.add_event(r, "Job pause requested; it resumes from its last checkpoint")
+
+        record = self.jobs.update(tenant, job_id, change)
+        self.runs.stop(record["runs"][-1], "paused through the fine-tuning API")
+        return self._object(record)
+
+    def resume(self, tenant: str, job_id: str) -> dict:
+        record = self.jobs.get(tenant, job_id)
+        status = self._object(record)["status"]
+        if status != "paused":
+            raise BadState(f"job {job_id}", f"is {status}", "only a paused job resumes")
+        return self._new_run(record, "Job resumed")
+
+    def _new_run(self, record: dict, reason: str) -> dict:
+        """Another flow run of the job's spec: it finds the job's run folder and resumes from its checkpoint."""
+        run_id = self.runs.submit(record["id"], record["tenant"], record["spec"])
+        step = max((c["step_number"] for c in J.checkpoints(record, self.home.runs)), default=0)
+
+        def change(r):
+            r.update(status=None, pause_requested=False)
+            r["runs"].append(run_id)
+            J.add_event(r, f"{reason}: it continues from checkpoint step {step}" if step else
+                        f"{reason}: no checkpoint yet, it starts from the beginning")
+
+        return self._object(self.jobs.update(record["tenant"], record["id"], change))
+
+    def resume_orphans(self) -> list[str]:
+        """At start: a job whose flow run was in flight when the service stopped gets a new run, which
+        resumes from the job's last checkpoint; the old run is marked cancelled so nothing retries it."""
+        resumed = []
+        for tenant in self.jobs.tenants():
+            for record in self.jobs.list(tenant):
+                if record.get("status") in J.TERMINAL or record.get("status") == "paused" or not record["runs"]:
+                    continue
+                view = self.runs.view(record["runs"][-1])
+                if view is None or view.state_type in ("RUNNING", "PENDING", "CANCELLING", "CRASHED"):
+                    if view is not None:
+                        self.runs.abandon(record["runs"][-1], "superseded: the service restarted while it ran")
+                    if record.get("cancel_requested") or record.get("pause_requested"):
+                        continue  # its stop request is honoured: observe() ends it
+                    self._new_run(record, "The service restarted while the job ran")
+                    resumed.append(record["id"])
+        return resumed
+
+    def events(self, tenant: str, job_id: str, after: str | None, limit: int) -> tuple[list[dict], bool]:
+        record = self.jobs.get(tenant, job_id)
+        self._object(record)
+        return J.page(J.events(self.jobs.get(tenant, job_id), self.home.runs), after, limit)
+
+    def checkpoints(self, tenant: str, job_id: str, after: str | None, limit: int) -> tuple[list[dict], bool]:
+        return J.page(J.checkpoints(self.jobs.get(tenant, job_id), self.home.runs), after, limit)
+
+    def evaluate(self, tenant: str, job_id: str, body: dict) -> dict:
+        """Score the job's fine-tuned model, and its base beside it, on one of the tenant's chat files."""
+        from tuneloop.data import prepare_dataset
+        from tuneloop.evals.run import evaluate_model
+        from tuneloop.models.base import resolve_base_model
+        from tuneloop.serving.bodies import BadField, number
+        from tuneloop.settings import get_settings
+        from tuneloop.specs import DataSpec, EvalSpec
+
+        unknown = sorted(set(map(str, body)) - {"file", "max_items", "max_new_tokens"})
+        if unknown:
+            raise BadField(unknown[0], body[unknown[0]], "evaluate takes file, max_items and max_new_tokens",
+                           "drop the others")
+        job = self.job(tenant, job_id)
+        if job["status"] != "succeeded":
+            raise BadState(f"job {job_id}", f"is {job['status']}; only a succeeded job has a model to evaluate",
+                           "wait for it to succeed")
+        f = self.files.get(tenant, body.get("file") or job["training_file"])
+        spec = EvalSpec(max_new_tokens=number(body, "max_new_tokens", 64, 1, 4096, int),
+                        max_items=number(body, "max_items", 200, 1, 100000, int))
+        path = self.files.path(tenant, f["id"])
+        rows = prepare_dataset(path, DataSpec(min_examples=1, validation_split=0, test_split=0), eval_data=path,
+                               tenant=tenant).eval_rows
+        base, (_, adapter) = self.resolve_model(tenant, job["fine_tuned_model"])
+        base_path = resolve_base_model(base, get_settings().models_dir, log=lambda m: None)
+        tuned = evaluate_model(base_path, adapter, rows, spec, job["fine_tuned_model"])
+        bare = evaluate_model(base_path, None, rows, spec, base)
+        return {"object": "fine_tuning.job.evaluation", "fine_tuning_job_id": job_id, "file": f["id"],
+                "items": min(len(rows), spec.max_items),
+                "model": job["fine_tuned_model"], "metrics": tuned.metrics, "base_model": base,
+                "base_metrics": bare.metrics}
+
+    # -- models --------------------------------------------------------------------------------------
+    def resolve_model(self, tenant: str, model: str) -> tuple[str, tuple[str, Path] | None]:
+        """(base model id, (adapter name, adapter folder) or None) for a model this tenant may use."""
+        if model in self.tenant_bases(tenant):
+            return model, None
+        if model == "champion":
+            reg = self.registry(tenant)
+            v = reg.champion()
+            if v is None:
+                raise NotFound(model, "model", "GET /v1/models", "model")
+            return v.manifest["base_model"], (f"{tenant}:{v.id}", reg.adapter_for(v.id))
+        name, _, ckpt = model.partition(":ckpt-step-")
+        for record in self.jobs.list(tenant):
+            if record.get("fine_tuned_model_name") != name or record.get("deleted"):
+                continue
+            if ckpt:
+                path = J.checkpoint_adapter(record, self.home.runs, int(ckpt)) if ckpt.isdigit() else None
+                if path is None:
+                    break
+                return record["base_model"], (model, path)
+            record = self.jobs.get(tenant, record["id"])
+            if record.get("status") != "succeeded":
+                self._object(record)
+                record = self.jobs.get(tenant, record["id"])
+            if record.get("status") == "succeeded" and record.get("version"):
+                return record["base_model"], (model, self.registry(tenant).adapter_for(record["version"]))
+            break
+        raise NotFound(model, "model", "GET /v1/models", "model")
+
+    def tenant_bases(self, tenant: str) -> list[str]:
+        """The service's bases, and every base this tenant's jobs trained."""
+        return list(dict.fromkeys([*self.bases, *(r["base_model"] for r in self.jobs.list(tenant))]))
+
+    def models(self, tenant: str) -> list[dict]:
+        out = [{"id": b, "object": "model", "created": 0, "owned_by": "tuneloop"} for b in self.tenant_bases(tenant)]
+        champion = self.registry(tenant).champion()
+        for record in self.jobs.list(tenant):
+            if record.get("status") == "succeeded" and not record.get("deleted"):
+                out.append({"id": record["fine_tuned_model"], "object": "model",
+                            "created": int(record.get("finished_at") or record["created_at"]), "owned_by": tenant,
+                            "tuneloop": {"job": record["id"], "version": record.get("version"),
+                                         "champion": champion is not None and champion.id == record.get("version")}})
+        if champion is not None:
+            out.append({"id": "champion", "object": "model", "created": 0, "owned_by": tenant,
+                        "tuneloop": {"version": champion.id, "base_model": champion.manifest["base_model"]}})
+        return out
+
+    def model(self, tenant: str, model: str) -> dict:
+        for m in self.models(tenant):
+            if m["id"] == model:
+                return m
+        self.resolve_model(tenant, model)  # a checkpoint id: a model too, though not listed (as OpenAI's)
+        return {"id": model, "object": "model", "created": 0, "owned_by": tenant}
+
+    def delete_model(self, tenant: str, model: str) -> dict:
+        for record in self.jobs.list(tenant):
+            if record.get("fine_tuned_model") == model and not record.get("deleted"):
+                champion = self.registry(tenant).champion()
+                if champion is not None and champion.id == record.get("version"):
+                    raise BadState(f"model {model}", "is the tenant's champion (it is being served)",
+                                   "promote another model first, then delete this one")
+                self.jobs.update(tenant, record["id"], lambda r: r.update(deleted=True))
+                return {"id": model, "object": "model", "deleted": True}
+        raise NotFound(model, "model", "GET /v1/models", "model")
+
+
+    def health(self) -> dict:
+        """The registry and the store: their folders can be written (a full or read-only disk shows here)."""
+        import os
+
+        out = {}
+        for name, path in (("registry", self.home.root / "registries"), ("store", self.home.files)):
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                state = "ok" if os.access(path, os.W_OK) else "read-only"
+            except OSError as e:
+                state = f"down ({e.strerror})"
+            out[name] = {"state": state, "path": str(path)}
+        return out
+
+    def stats(self, tenant: str) -> dict:
+        """The tenant's jobs by status, tokens trained, models and feedback, as counts."""
+        from collections import Counter
+
+        records = self.jobs.list(tenant)
+        by_status = Counter(self._observe(r)[0] for r in records)
+        labels = Counter(i.label()[0] for i in self.feedback_store.items() if i.tenant == tenant)
+        return {"object": "stats", "tenant": tenant, "jobs": {"total": len(records), **dict(sorted(by_status.items()))},
+                "trained_tokens": sum(r.get("trained_tokens") or 0 for r in records),
+                "models": {"fine_tuned": sum(1 for r in records if r.get("status") == "succeeded"
+                                             and not r.get("deleted")),
+                           "champion": getattr(self.registry(tenant).champion(), "id", None)},
+                "files": len(self.files.list(tenant)), "feedback": {"total": sum(labels.values()), **labels}}
+
+
+def _finish(record: dict, outcome: dict) -> None:
+    """Write a job's outcome into its record, with the events that tell it."""
+    if record.get("status") in J.TERMINAL:
+        return  # another reader wrote it first
+    gate = outcome.get("gate")
+    record.update(outcome)
+    status = outcome["status"]
+    if status == "succeeded":
+        J.add_event(record, f"New fine-tuned model created: {record['fine_tuned_model']}")
+        if gate:
+            J.add_event(record, ("Promoted to champion: " if gate["promoted"] else "Kept as a candidate (the "
+                                 "champion stays): ") + str(gate.get("reason")), data={"gate": gate})
+        J.add_event(record, "The job has successfully completed")
+    elif status == "failed":
+        J.add_event(record, f"The job failed: {outcome['error']['message']}", "error")
+    elif status == "cancelled":
+        J.add_event(record, "The job was cancelled")
+    elif status == "paused":
+        J.add_event(record, "The job is paused")

@@ -1,0 +1,285 @@
+"""End to end through the `openai` SDK only, against a real `tuneloop up` (Prefect server, process worker,
+deployments, the HTTP API): upload, fine-tune, follow, chat with the result; cancel; bad files; tenants;
+a restart mid-job. Data: the demo task, and a second task this project never trains on elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from conftest import ROOT
+from e2e.procs import BIN, free_port
+
+pytestmark = pytest.mark.prefect  # a real Prefect server and worker (implies slow)
+BASE = "tuneloop/tiny-llama"
+
+
+class Up:
+    """`tuneloop up` in its own process group, stopped by SIGTERM (then SIGKILL) like an operator would."""
+
+    def __init__(self, home: Path, port: int):
+        self.home, self.port, self.proc = home, port, None
+        self.log = home.parent / f"up-{port}.log"
+        self.url = f"http://127.0.0.1:{port}/v1"
+
+    def start(self, timeout: float = 240) -> "Up":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+        seen = self.log.stat().st_size if self.log.exists() else 0  # a restart appends to the same log
+        fh = open(self.log, "ab")
+        self.proc = subprocess.Popen([str(BIN / "tuneloop"), "up", "--home", str(self.home), "--port", str(self.port)],
+                                     stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"tuneloop up exited with {self.proc.returncode}:\n{self.log.read_text()[-4000:]}")
+            if "tuneloop is up" in self.log.read_bytes()[seen:].decode(errors="replace"):
+                return self
+            time.sleep(0.5)
+        pytest.fail(f"tuneloop up not ready after {timeout} s:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self) -> int:
+        os.kill(self.proc.pid, signal.SIGTERM)  # the operator's Ctrl-C / systemd stop: `up` stops its children
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            pytest.fail(f"tuneloop up did not stop on SIGTERM:\n{self.log.read_text()[-3000:]}")
+
+    def key(self, tenant: str, role: str = "user") -> str:
+        out = subprocess.run([str(BIN / "tuneloop"), "keys", "create", "--tenant", tenant, "--role", role,
+                              "--home", str(self.home)], capture_output=True, text=True, check=True)
+        return out.stdout.splitlines()[0]
+
+
+def colours_task(n: int, seed: int) -> list[dict]:
+    """A task unlike the demo's, used by no other test: the colour of a fruit, in one word, asked in many
+    ways by many people (distinct rows: the dataset drops duplicates)."""
+    fruits = {"banana": "yellow", "lemon": "yellow", "lime": "green", "kiwi": "green", "pear": "green",
+              "cherry": "red", "strawberry": "red", "tomato": "red", "blueberry": "blue", "plum": "purple",
+              "grape": "purple", "orange": "orange"}
+    frames = ["what colour is a {f}?", "tell me the colour of a {f}", "a {f} is which colour?", "{f} colour please",
+              "colour of one {f}?", "which colour has the {f}?", "say the colour: {f}", "my {f} is what colour?",
+              "{n} wants to know the colour of a {f}", "hi, {n} here: what colour is the {f}?",
+              "quick one from {n}: {f} colour?", "{n} asks which colour a ripe {f} is"]
+    names = ["Ana", "Bo", "Chen", "Dara", "Eli", "Femi", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lea", "Mo", "Noor",
+             "Oli", "Pia", "Quin", "Rui", "Sol", "Tam"]
+    rng = random.Random(seed)
+    seen, rows = set(), []
+    while len(rows) < n:
+        f, frame, name = rng.choice(sorted(fruits)), rng.choice(frames), rng.choice(names)
+        text = frame.format(f=f, n=name)
+        if text in seen:
+            continue
+        seen.add(text)
+        rows.append({"messages": [{"role": "system", "content": "Answer with one colour word."},
+                                  {"role": "user", "content": text},
+                                  {"role": "assistant", "content": fruits[f]}]})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def exact_match(client, model: str, rows: list[dict]) -> float:
+    hits = 0
+    for r in rows:
+        out = client.chat.completions.create(model=model, messages=r["messages"][:-1], max_tokens=8, temperature=0)
+        hits += out.choices[0].message.content.strip() == r["messages"][-1]["content"].strip()
+    return hits / len(rows)
+
+
+def wait_for(client, job_id: str, statuses: set[str], timeout: float, up: Up):
+    deadline = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in statuses:
+            return job
+        if job.status == "failed" and "failed" not in statuses:
+            pytest.fail(f"job failed: {job.error}\n{(up.home / 'logs' / 'worker.log').read_text()[-5000:]}")
+        time.sleep(1)
+    pytest.fail(f"job {job_id} still {job.status if job else '?'} after {timeout} s\n"
+                f"{(up.home / 'logs' / 'worker.log').read_text()[-5000:]}")
+
+
+def versions_of(home: Path, tenant: str, job_id: str) -> list[str]:
+    root = home / "registries" / tenant / "versions"
+    return sorted(p.parent.name for p in root.glob("*/manifest.json")
+                  if json.loads(p.read_text()).get("job") == job_id) if root.exists() else []
+
+
+@pytest.fixture(scope="module")
+def demo(demo_files, tmp_path_factory) -> dict[str, Path]:
+    """The demo task's files as a team would upload them: rows without tuneloop's `tenant` field (the key's
+    tenant owns a file; a row naming another tenant is refused at upload)."""
+    out = tmp_path_factory.mktemp("demo-upload")
+    files = {}
+    for name in ("feedback", "heldout"):
+        rows = [json.loads(x) for x in demo_files[name].read_text().splitlines()]
+        files[name] = write_jsonl(out / f"{name}.jsonl", [{k: v for k, v in r.items() if k != "tenant"} for r in rows])
+    return files
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory):
+    home = tmp_path_factory.mktemp("service") / "home"
+    service = Up(home, free_port()).start()
+    yield service
+    if service.proc.poll() is None:
+        service.stop()
+
+
+@pytest.mark.parametrize("task", ["demo", "colours"])
+def test_fine_tune_and_chat_through_the_openai_sdk(up, demo, tmp_path, task):
+    if task == "demo":
+        train = demo["feedback"]
+        heldout = [json.loads(x) for x in demo["heldout"].read_text().splitlines()][:40]
+        epochs = 10
+    else:
+        rows = colours_task(360, seed=7)
+        train = write_jsonl(tmp_path / "colours.jsonl", rows[:320])
+        heldout, epochs = rows[320:], 10
+    client = openai.OpenAI(base_url=up.url, api_key=up.key(f"t-{task}"), max_retries=0)
+    f = client.files.create(file=open(train, "rb"), purpose="fine-tune")
+    assert f.id.startswith("file-") and f.purpose == "fine-tune" and f.bytes == train.stat().st_size
+    assert client.files.retrieve(f.id).filename == train.name
+    assert client.files.content(f.id).content == train.read_bytes()
+
+    t0 = time.monotonic()
+    job = client.fine_tuning.jobs.create(model=BASE, training_file=f.id, suffix=task, seed=3,
+                                         method={"type": "supervised",
+                                                 "supervised": {"hyperparameters": {"n_epochs": epochs}}})
+    assert job.status in ("validating_files", "queued") and job.model == BASE and job.hyperparameters.n_epochs == epochs
+    running = wait_for(client, job.id, {"running", "succeeded"}, 240, up)
+    to_running = time.monotonic() - t0
+    done = wait_for(client, job.id, {"succeeded"}, 600, up)
+    wall = time.monotonic() - t0
+    print(f"\n[{task}] create -> running {to_running:.1f} s; create -> succeeded {wall:.1f} s; "
+          f"trained_tokens {done.trained_tokens}")
+    assert running.status in ("running", "succeeded")
+    assert done.fine_tuned_model == f"ft:{BASE}:t-{task}:{task}:{job.id.removeprefix('ftjob-')}"
+    assert done.trained_tokens and done.trained_tokens > 0 and done.finished_at >= done.created_at
+    gate = done.model_extra["tuneloop"]["gate"]
+    assert gate["version"] == versions_of(up.home, f"t-{task}", job.id)[0] and isinstance(gate["promoted"], bool)
+
+    events = client.fine_tuning.jobs.list_events(job.id, limit=1000).data
+    metrics = [e for e in events if e.type == "metrics"]
+    assert metrics and all(e.data["train_loss"] > 0 for e in metrics)
+    assert any("valid_loss" in e.data for e in metrics)
+    assert [e.created_at for e in events] == sorted((e.created_at for e in events), reverse=True)
+    assert any("successfully completed" in e.message for e in events)
+    ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert ckpts and all(c.step_number > 0 and c.fine_tuning_job_id == job.id for c in ckpts)
+    assert ckpts[0].metrics.train_loss > 0 and ckpts[0].metrics.step == ckpts[0].step_number
+
+    ids = [m.id for m in client.models.list().data]
+    assert done.fine_tuned_model in ids and BASE in ids
+    assert client.models.retrieve(done.fine_tuned_model).id == done.fine_tuned_model
+    tuned, base = exact_match(client, done.fine_tuned_model, heldout), exact_match(client, BASE, heldout)
+    print(f"[{task}] held-out exact match: base {base:.3f} -> fine-tuned {tuned:.3f} ({len(heldout)} items)")
+    assert tuned > base
+    ck = client.chat.completions.create(model=ckpts[-1].fine_tuned_model_checkpoint,
+                                        messages=heldout[0]["messages"][:-1], max_tokens=4)
+    assert ck.choices[0].message.role == "assistant"
+
+
+def test_a_defective_file_is_refused_with_its_lines_and_nothing_is_stored(up, demo):
+    client = openai.OpenAI(base_url=up.url, api_key=up.key("t-bad"), max_retries=0)
+    good = demo["feedback"].read_text().splitlines()
+    lines = good[:12]
+    lines[2] = '{"messages": [{"role": "user", "content": "hi"}'  # cut short
+    lines[6] = json.dumps({"messages": [{"role": "user", "content": "no answer"}]})
+    lines[9] = json.dumps({"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]})
+    with pytest.raises(openai.BadRequestError) as e:
+        client.files.create(file=("bad.jsonl", ("\n".join(lines) + "\n").encode()), purpose="fine-tune")
+    message = e.value.body["message"]
+    assert all(f"line {n}" in message for n in (3, 7, 10)), message
+    assert not client.files.list().data
+    stored = up.home / "files" / "t-bad"
+    assert not stored.exists() or not any(p.is_file() and not p.name.startswith(".") for p in stored.rglob("*"))
+    with pytest.raises(openai.BadRequestError) as e:
+        client.files.create(file=("x.jsonl", b"\n".join(x.encode() for x in good[:5])), purpose="assistants")
+    assert "purpose" in e.value.body["message"]
+
+
+def test_tenants_see_only_their_own_and_keys_are_required(up, demo):
+    a = openai.OpenAI(base_url=up.url, api_key=up.key("t-a"), max_retries=0)
+    b = openai.OpenAI(base_url=up.url, api_key=up.key("t-b"), max_retries=0)
+    f = a.files.create(file=open(demo["feedback"], "rb"), purpose="fine-tune")
+    job = a.fine_tuning.jobs.create(model=BASE, training_file=f.id, hyperparameters={"n_epochs": 1})
+    for call in (lambda: b.files.retrieve(f.id), lambda: b.files.content(f.id), lambda: b.files.delete(f.id),
+                 lambda: b.fine_tuning.jobs.retrieve(job.id), lambda: b.fine_tuning.jobs.cancel(job.id),
+                 lambda: b.fine_tuning.jobs.list_events(job.id),
+                 lambda: b.fine_tuning.jobs.create(model=BASE, training_file=f.id)):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert job.id not in [j.id for j in b.fine_tuning.jobs.list().data]
+    done = wait_for(a, job.id, {"succeeded"}, 600, up)
+    for call in (lambda: b.models.retrieve(done.fine_tuned_model),
+                 lambda: b.chat.completions.create(model=done.fine_tuned_model,
+                                                   messages=[{"role": "user", "content": "hi"}])):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    assert done.fine_tuned_model not in [m.id for m in b.models.list().data]
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=up.url, api_key="tl-not-a-key", max_retries=0).files.list()
+    for route in ("files", "models", f"fine_tuning/jobs/{job.id}"):  # no key at all
+        r = httpx.get(f"{up.url}/{route}")
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(f"{up.url}/files", headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_cancel_keeps_the_checkpoint_and_registers_nothing(up, demo):
+    client = openai.OpenAI(base_url=up.url, api_key=up.key("t-cancel"), max_retries=0)
+    f = client.files.create(file=open(demo["feedback"], "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model=BASE, training_file=f.id, hyperparameters={"n_epochs": 40})
+    deadline = time.monotonic() + 300
+    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        assert client.fine_tuning.jobs.retrieve(job.id).status in ("validating_files", "queued", "running")
+        time.sleep(1)
+    assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # at once, as OpenAI's
+    deadline = time.monotonic() + 120
+    while (done := client.fine_tuning.jobs.retrieve(job.id)).finished_at is None:  # set once the run has stopped
+        assert done.status == "cancelled" and time.monotonic() < deadline
+        time.sleep(1)
+    assert done.fine_tuned_model is None and done.finished_at >= done.created_at
+    assert client.fine_tuning.jobs.checkpoints.list(job.id).data  # kept
+    assert versions_of(up.home, "t-cancel", job.id) == []
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.cancel(job.id)  # already cancelled
+    time.sleep(3)
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+
+
+def test_a_restart_mid_job_resumes_from_the_checkpoint_and_succeeds_once(up, demo):
+    client = openai.OpenAI(base_url=up.url, api_key=up.key("t-restart"), max_retries=0)
+    f = client.files.create(file=open(demo["feedback"], "rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model=BASE, training_file=f.id, hyperparameters={"n_epochs": 8})
+    deadline = time.monotonic() + 300
+    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.5)
+    step = client.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number
+    assert up.stop() in (0, 143, -15)
+    up.start()
+    done = wait_for(client, job.id, {"succeeded"}, 600, up)
+    assert len(versions_of(up.home, "t-restart", job.id)) == 1
+    result = json.loads(next((up.home / "runs" / job.id).glob("run-*/result.json")).read_text())
+    assert result["resumed_from_step"] and result["resumed_from_step"] >= step
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data]
+    assert any("restarted" in m and "checkpoint step" in m for m in messages), messages
+    assert done.model_extra["tuneloop"]["runs"][-1] != done.model_extra["tuneloop"]["runs"][0]
