@@ -56,6 +56,10 @@ class Up:
             self.proc.wait()
             pytest.fail(f"tuneloop up did not stop on SIGTERM:\n{self.log.read_text()[-3000:]}")
 
+    def prefect_api(self) -> str:
+        line = next(x for x in self.log.read_text().splitlines() if x.startswith("starting Prefect on "))
+        return line.split()[3]
+
     def key(self, tenant: str, role: str = "user") -> str:
         out = subprocess.run([str(BIN / "tuneloop"), "keys", "create", "--tenant", tenant, "--role", role,
                               "--home", str(self.home)], capture_output=True, text=True, check=True)
@@ -142,34 +146,48 @@ def up(tmp_path_factory):
         service.stop()
 
 
-@pytest.mark.parametrize("task", ["demo", "colours"])
-def test_fine_tune_and_chat_through_the_openai_sdk(up, demo, tmp_path, task):
-    if task == "demo":
-        train = demo["feedback"]
-        heldout = [json.loads(x) for x in demo["heldout"].read_text().splitlines()][:40]
-        epochs = 10
-    else:
-        rows = colours_task(360, seed=7)
-        train = write_jsonl(tmp_path / "colours.jsonl", rows[:320])
-        heldout, epochs = rows[320:], 10
-    client = openai.OpenAI(base_url=up.url, api_key=up.key(f"t-{task}"), max_retries=0)
-    f = client.files.create(file=open(train, "rb"), purpose="fine-tune")
-    assert f.id.startswith("file-") and f.purpose == "fine-tune" and f.bytes == train.stat().st_size
-    assert client.files.retrieve(f.id).filename == train.name
-    assert client.files.content(f.id).content == train.read_bytes()
+@pytest.fixture(scope="module")
+def trained(up, demo, tmp_path_factory):
+    """train(task): upload the task's file and fine-tune on it through the SDK, once per task (tests share it)."""
+    done: dict[str, dict] = {}
 
-    t0 = time.monotonic()
-    job = client.fine_tuning.jobs.create(model=BASE, training_file=f.id, suffix=task, seed=3,
-                                         method={"type": "supervised",
-                                                 "supervised": {"hyperparameters": {"n_epochs": epochs}}})
-    assert job.status in ("validating_files", "queued") and job.model == BASE and job.hyperparameters.n_epochs == epochs
-    running = wait_for(client, job.id, {"running", "succeeded"}, 240, up)
-    to_running = time.monotonic() - t0
-    done = wait_for(client, job.id, {"succeeded"}, 600, up)
-    wall = time.monotonic() - t0
-    print(f"\n[{task}] create -> running {to_running:.1f} s; create -> succeeded {wall:.1f} s; "
-          f"trained_tokens {done.trained_tokens}")
-    assert running.status in ("running", "succeeded")
+    def train(task: str) -> dict:
+        if task in done:
+            return done[task]
+        if task == "demo":
+            file = demo["feedback"]
+            heldout = [json.loads(x) for x in demo["heldout"].read_text().splitlines()][:40]
+        else:
+            rows = colours_task(360, seed=7)
+            file = write_jsonl(tmp_path_factory.mktemp("colours") / "colours.jsonl", rows[:320])
+            heldout = rows[320:]
+        client = openai.OpenAI(base_url=up.url, api_key=up.key(f"t-{task}"), max_retries=0)
+        f = client.files.create(file=open(file, "rb"), purpose="fine-tune")
+        t0 = time.monotonic()
+        job = client.fine_tuning.jobs.create(model=BASE, training_file=f.id, suffix=task, seed=3,
+                                             method={"type": "supervised",
+                                                     "supervised": {"hyperparameters": {"n_epochs": 10}}})
+        running = wait_for(client, job.id, {"running", "succeeded"}, 240, up)
+        to_running = time.monotonic() - t0
+        result = wait_for(client, job.id, {"succeeded"}, 600, up)
+        print(f"\n[{task}] create -> running {to_running:.1f} s; create -> succeeded {time.monotonic() - t0:.1f} s; "
+              f"trained_tokens {result.trained_tokens}")
+        done[task] = {"client": client, "file": f, "path": file, "created": job, "running": running, "job": result,
+                      "heldout": heldout}
+        return done[task]
+
+    return train
+
+
+@pytest.mark.parametrize("task", ["demo", "colours"])
+def test_fine_tune_and_chat_through_the_openai_sdk(up, trained, task):
+    t = trained(task)
+    client, f, job, done, heldout = t["client"], t["file"], t["created"], t["job"], t["heldout"]
+    assert f.id.startswith("file-") and f.purpose == "fine-tune" and f.bytes == t["path"].stat().st_size
+    assert client.files.retrieve(f.id).filename == t["path"].name
+    assert client.files.content(f.id).content == t["path"].read_bytes()
+    assert job.status in ("validating_files", "queued") and job.model == BASE and job.hyperparameters.n_epochs == 10
+    assert t["running"].status in ("running", "succeeded")
     assert done.fine_tuned_model == f"ft:{BASE}:t-{task}:{task}:{job.id.removeprefix('ftjob-')}"
     assert done.trained_tokens and done.trained_tokens > 0 and done.finished_at >= done.created_at
     gate = done.model_extra["tuneloop"]["gate"]
@@ -194,6 +212,92 @@ def test_fine_tune_and_chat_through_the_openai_sdk(up, demo, tmp_path, task):
     ck = client.chat.completions.create(model=ckpts[-1].fine_tuned_model_checkpoint,
                                         messages=heldout[0]["messages"][:-1], max_tokens=4)
     assert ck.choices[0].message.role == "assistant"
+    if task == "demo":
+        feedback_lands_once_and_a_negative_is_an_event(client, up, f"t-{task}", done.fine_tuned_model, heldout)
+        operations_routes(client, up, f"t-{task}", done, heldout)
+    else:  # a job may continue from a fine-tuned model: its adapter is where training starts
+        more = client.fine_tuning.jobs.create(model=done.fine_tuned_model, training_file=f.id,
+                                              hyperparameters={"n_epochs": 1})
+        assert more.model == done.fine_tuned_model and more.model_extra["tuneloop"]["base_model"] == BASE
+        again = wait_for(client, more.id, {"succeeded"}, 600, up)
+        first_loss = min(e.data["train_loss"] for e in client.fine_tuning.jobs.list_events(more.id, limit=1000).data
+                         if e.type == "metrics")
+        assert first_loss < max(e.data["train_loss"] for e in metrics)  # it did not start from scratch
+        assert exact_match(client, again.fine_tuned_model, heldout) >= tuned - 0.1
+        deleting_a_model(client, again, heldout)
+
+
+def deleting_a_model(client, job, heldout: list[dict]):
+    """A deleted model is a 404 from then on; the champion cannot be deleted while it is the one served."""
+    if not job.model_extra["tuneloop"]["gate"]["promoted"]:
+        assert client.models.delete(job.fine_tuned_model).deleted
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model=job.fine_tuned_model, messages=heldout[0]["messages"][:-1])
+        assert job.fine_tuned_model not in [m.id for m in client.models.list().data]
+    else:
+        with pytest.raises(openai.BadRequestError):
+            client.models.delete(job.fine_tuned_model)
+        assert client.chat.completions.create(model="champion", messages=heldout[0]["messages"][:-1])
+
+
+def feedback_lands_once_and_a_negative_is_an_event(client, up: Up, tenant: str, model: str, heldout: list[dict]):
+    """POST /v1/feedback through the SDK's generic post: by completion id only, stored once, a negative sends
+    the same event as the other sources, a correction makes an SFT row and a preference pair."""
+    from tuneloop.feedback.build import build_feedback_dataset
+    from tuneloop.feedback.store import FeedbackStore
+
+    asked = heldout[1]["messages"][:-1]
+    asked = asked[:-1] + [{"role": "user", "content": asked[-1]["content"] + " (mail me at ana@example.com)"}]
+    answer = client.chat.completions.create(model=model, messages=asked, max_tokens=8)
+    body = {"completion_id": answer.id, "thumbs": "down", "correction": heldout[1]["messages"][-1]["content"],
+            "user": "u-1"}
+    first = client.post("/feedback", body=body, cast_to=object)
+    again = client.post("/feedback", body=body, cast_to=object)
+    assert first["label"] == "negative" and not first["duplicate"] and again["duplicate"]
+    liked = client.chat.completions.create(model=model, messages=heldout[2]["messages"][:-1], max_tokens=8)
+    assert client.post("/feedback", body={"completion_id": liked.id, "rating": 5}, cast_to=object)["label"] == \
+        "positive"
+    with pytest.raises(openai.BadRequestError):
+        client.post("/feedback", body={"completion_id": liked.id, "rating": 5, "thumbs": "up"}, cast_to=object)
+    with pytest.raises(openai.NotFoundError):
+        client.post("/feedback", body={"completion_id": "chatcmpl-" + "0" * 24, "rating": 1}, cast_to=object)
+    items = [i for i in FeedbackStore(up.home / "feedback").items() if i.tenant == tenant]
+    assert len(items) == 2 and "ana@example.com" not in json.dumps([i.to_json() for i in items])
+    ds = build_feedback_dataset(items, up.home / "feedback" / "datasets", tenant=tenant, window_days=None)
+    sft = [json.loads(x) for x in (ds.path / "sft.jsonl").read_text().splitlines()]
+    pairs = [json.loads(x) for x in (ds.path / "preference.jsonl").read_text().splitlines()]
+    assert len(pairs) == 1 and pairs[0]["chosen"] == body["correction"]
+    assert any(r["messages"][-1]["content"] == body["correction"] for r in sft)
+    api = up.prefect_api()
+    deadline = time.monotonic() + 30
+    while True:
+        found = httpx.post(f"{api}/events/filter", json={"filter": {"event": {"name": ["tuneloop.feedback.negative"]},
+                                                                   "any_resource": {"id_prefix": [
+                                                                       f"tuneloop.feedback.api:{tenant}:"]}},
+                                                        "limit": 10}).json()
+        if found["total"] >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert found["total"] == 1, found
+
+
+def operations_routes(client, up: Up, tenant: str, job, heldout: list[dict]):
+    """evaluate (JSON report), /stats, /metrics (admin only), /health, and deleting a model."""
+    hf = client.files.create(file=("heldout.jsonl", "".join(json.dumps(r) + "\n" for r in heldout).encode()),
+                             purpose="fine-tune")
+    report = client.post(f"/fine_tuning/jobs/{job.id}/evaluate", body={"file": hf.id, "max_new_tokens": 8},
+                         cast_to=object)
+    assert report["items"] == len(heldout) and report["metrics"]["exact_match"] > report["base_metrics"]["exact_match"]
+    stats = httpx.get(up.url.removesuffix("/v1") + "/stats", headers={"Authorization": f"Bearer {client.api_key}"}).json()
+    assert stats["tenant"] == tenant and stats["jobs"]["succeeded"] == 1 and stats["trained_tokens"] == job.trained_tokens
+    assert stats["feedback"]["negative"] == 1 and stats["files"] == 2
+    root = up.url.removesuffix("/v1")
+    assert httpx.get(f"{root}/metrics", headers={"Authorization": f"Bearer {client.api_key}"}).status_code == 403
+    admin = up.key(tenant, "admin")
+    text = httpx.get(f"{root}/metrics", headers={"Authorization": f"Bearer {admin}"}).text
+    assert 'tuneloop_service_jobs{status="succeeded"}' in text and "tuneloop_service_adapters_loaded" in text
+    health = httpx.get(f"{root}/health").json()
+    assert health["status"] == "ok" and {"prefect", "worker", "registry", "store"} <= set(health)
 
 
 def test_a_defective_file_is_refused_with_its_lines_and_nothing_is_stored(up, demo):
@@ -215,25 +319,26 @@ def test_a_defective_file_is_refused_with_its_lines_and_nothing_is_stored(up, de
     assert "purpose" in e.value.body["message"]
 
 
-def test_tenants_see_only_their_own_and_keys_are_required(up, demo):
-    a = openai.OpenAI(base_url=up.url, api_key=up.key("t-a"), max_retries=0)
+def test_tenants_see_only_their_own_and_keys_are_required(up, trained):
+    t = trained("demo")
+    a, f, job = t["client"], t["file"], t["job"]
+    done = job
     b = openai.OpenAI(base_url=up.url, api_key=up.key("t-b"), max_retries=0)
-    f = a.files.create(file=open(demo["feedback"], "rb"), purpose="fine-tune")
-    job = a.fine_tuning.jobs.create(model=BASE, training_file=f.id, hyperparameters={"n_epochs": 1})
     for call in (lambda: b.files.retrieve(f.id), lambda: b.files.content(f.id), lambda: b.files.delete(f.id),
                  lambda: b.fine_tuning.jobs.retrieve(job.id), lambda: b.fine_tuning.jobs.cancel(job.id),
-                 lambda: b.fine_tuning.jobs.list_events(job.id),
+                 lambda: b.fine_tuning.jobs.list_events(job.id), lambda: b.fine_tuning.jobs.checkpoints.list(job.id),
                  lambda: b.fine_tuning.jobs.create(model=BASE, training_file=f.id)):
         with pytest.raises(openai.NotFoundError):
             call()
     assert job.id not in [j.id for j in b.fine_tuning.jobs.list().data]
-    done = wait_for(a, job.id, {"succeeded"}, 600, up)
+    assert f.id not in [x.id for x in b.files.list().data] and a.files.retrieve(f.id).id == f.id
     for call in (lambda: b.models.retrieve(done.fine_tuned_model),
                  lambda: b.chat.completions.create(model=done.fine_tuned_model,
                                                    messages=[{"role": "user", "content": "hi"}])):
         with pytest.raises(openai.NotFoundError):
             call()
     assert done.fine_tuned_model not in [m.id for m in b.models.list().data]
+    assert a.models.retrieve(done.fine_tuned_model).id == done.fine_tuned_model  # it exists: for its owner
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=up.url, api_key="tl-not-a-key", max_retries=0).files.list()
     for route in ("files", "models", f"fine_tuning/jobs/{job.id}"):  # no key at all
@@ -242,15 +347,31 @@ def test_tenants_see_only_their_own_and_keys_are_required(up, demo):
     assert httpx.get(f"{up.url}/files", headers={"Authorization": "Bearer nope"}).status_code == 401
 
 
-def test_cancel_keeps_the_checkpoint_and_registers_nothing(up, demo):
+def test_pause_resume_and_cancel_keep_the_checkpoints_and_register_nothing(up, demo):
     client = openai.OpenAI(base_url=up.url, api_key=up.key("t-cancel"), max_retries=0)
     f = client.files.create(file=open(demo["feedback"], "rb"), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(model=BASE, training_file=f.id, hyperparameters={"n_epochs": 40})
-    deadline = time.monotonic() + 300
-    while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
-        assert time.monotonic() < deadline, "no checkpoint within 300 s"
-        assert client.fine_tuning.jobs.retrieve(job.id).status in ("validating_files", "queued", "running")
-        time.sleep(1)
+
+    def first_checkpoint(after: int = 0) -> int:
+        deadline = time.monotonic() + 300
+        while True:
+            steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data]
+            if steps and max(steps) > after:
+                return max(steps)
+            assert time.monotonic() < deadline, f"no checkpoint past step {after} within 300 s"
+            assert client.fine_tuning.jobs.retrieve(job.id).status in ("validating_files", "queued", "running")
+            time.sleep(1)
+
+    step = first_checkpoint()
+    client.fine_tuning.jobs.pause(job.id)
+    paused = wait_for(client, job.id, {"paused"}, 120, up)
+    assert paused.finished_at is None and max(c.step_number for c in
+                                              client.fine_tuning.jobs.checkpoints.list(job.id).data) >= step
+    with pytest.raises(openai.BadRequestError):
+        client.fine_tuning.jobs.pause(job.id)
+    client.fine_tuning.jobs.resume(job.id)
+    resumed_past = first_checkpoint(step)
+    assert resumed_past > step
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"  # at once, as OpenAI's
     deadline = time.monotonic() + 120
     while (done := client.fine_tuning.jobs.retrieve(job.id)).finished_at is None:  # set once the run has stopped
@@ -263,12 +384,14 @@ def test_cancel_keeps_the_checkpoint_and_registers_nothing(up, demo):
         client.fine_tuning.jobs.cancel(job.id)  # already cancelled
     time.sleep(3)
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=1000).data]
+    assert any(m.startswith("Job resumed: it continues from checkpoint step ") for m in messages), messages
 
 
 def test_a_restart_mid_job_resumes_from_the_checkpoint_and_succeeds_once(up, demo):
     client = openai.OpenAI(base_url=up.url, api_key=up.key("t-restart"), max_retries=0)
     f = client.files.create(file=open(demo["feedback"], "rb"), purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(model=BASE, training_file=f.id, hyperparameters={"n_epochs": 8})
+    job = client.fine_tuning.jobs.create(model=BASE, training_file=f.id, hyperparameters={"n_epochs": 4})
     deadline = time.monotonic() + 300
     while not client.fine_tuning.jobs.checkpoints.list(job.id).data:
         assert time.monotonic() < deadline, "no checkpoint within 300 s"

@@ -87,3 +87,34 @@ def test_early_stopping_keeps_the_best_checkpoint(tiny_base, demo_files, tmp_pat
     best = load_file(str(next((tmp_path / "es").glob("best-*")) / "adapter" / "adapter_model.safetensors"))
     final = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     assert all(torch.equal(best[k], final[k]) for k in best)
+
+
+def test_training_continues_from_an_adapter(tiny_base, demo_files, tmp_path):
+    """init_adapter (a job whose model is an earlier fine-tuned model): training starts from that adapter,
+    with its rank and targets, not from a fresh one."""
+    ds = prepare_dataset(demo_files["feedback"], DataSpec())
+    first = train_lora(TrainingSpec(**(FAST | {"max_steps": 12})), tiny_base, ds.train[:96], ds.validation[:16],
+                       tmp_path / "one", log=lambda m: None)
+    spec = TrainingSpec(**(FAST | {"max_steps": 1, "learning_rate": 1e-9, "warmup_steps": 0, "rank": 4,
+                                   "init_adapter": str(first.adapter_dir)}))
+    cont = train_lora(spec, tiny_base, ds.train[:96], ds.validation[:16], tmp_path / "two", log=lambda m: None)
+    fresh = train_lora(TrainingSpec(**(FAST | {"max_steps": 1, "learning_rate": 1e-9, "warmup_steps": 0})),
+                       tiny_base, ds.train[:96], ds.validation[:16], tmp_path / "three", log=lambda m: None)
+    assert cont.history[0]["loss"] < fresh.history[0]["loss"] - 0.1  # it starts where the first run ended
+    before = load_file(str(first.adapter_dir / "adapter_model.safetensors"))
+    after = load_file(str(cont.adapter_dir / "adapter_model.safetensors"))
+    assert before.keys() == after.keys() and before[next(iter(before))].shape == after[next(iter(after))].shape
+
+
+def test_cli_evaluate_scores_every_row_of_the_file(tiny_base, demo_files, tmp_path, capsys):
+    """`tuneloop evaluate --data FILE`: every row is an item (it once split the file and refused it, since
+    the leak check emptied the training side it does not use)."""
+    from tuneloop.cli.main import main
+
+    rows = demo_files["heldout"].read_text().splitlines()[:6]
+    data = tmp_path / "items.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--data", str(data), "--max-new-tokens", "2", "--output", str(out)]) == 0
+    assert "exact_match" in capsys.readouterr().out
+    assert len(__import__("json").loads(out.read_text())["items"]) == 6

@@ -77,13 +77,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from tuneloop.models.base import resolve_base_model
-    from tuneloop.data import prepare_dataset
+    from tuneloop.data import validate_file
+    from tuneloop.errors import DataValidationError
     from tuneloop.evals.run import evaluate_model
+    from tuneloop.models.base import resolve_base_model
     from tuneloop.registry import open_registry
     from tuneloop.reports.tables import text_table
     from tuneloop.settings import get_settings
-    from tuneloop.specs import DataSpec, EvalSpec
+    from tuneloop.specs import EvalSpec
 
     adapter, base_name, label = args.adapter, args.base_model, "base"
     if args.version:
@@ -93,8 +94,10 @@ def cmd_evaluate(args) -> int:
     elif adapter:
         label = str(adapter)
     base = resolve_base_model(base_name, get_settings().models_dir)
-    ds = prepare_dataset(args.data, DataSpec(min_examples=1, validation_split=0, test_split=0), eval_data=args.data)
-    result = evaluate_model(base, adapter, ds.eval_rows, EvalSpec(max_new_tokens=args.max_new_tokens), label)
+    report = validate_file(args.data, min_examples=1)  # every row is an evaluation item (no split, no training)
+    if not report.ok:
+        raise DataValidationError(args.data, report.errors)
+    result = evaluate_model(base, adapter, report.rows, EvalSpec(max_new_tokens=args.max_new_tokens), label)
     print(text_table({label: result.metrics}))
     if args.output:
         from tuneloop.runtime.fsutil import atomic_write_text

@@ -121,6 +121,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _same_port(home: Home) -> int:
+    """The local Prefect server's port of the last start on this home when it is free (its UI stays at one
+    address), else a free one; remembered for the next start."""
+    saved = home.prefect / "port"
+    if saved.exists():
+        port = int(saved.read_text())
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                pass
+    port = _free_port()
+    home.prefect.mkdir(parents=True, exist_ok=True)
+    saved.write_text(str(port))
+    return port
+
+
 def _start(args: list[str], log: Path, env: dict, cwd: Path) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
@@ -204,6 +222,32 @@ def _apply(home: Home, env: dict, log: Path) -> None:
     _prefect(["automation", "create", "--from-file", str(automations)], env, log)
 
 
+def _applied(home: Home) -> bool:
+    """Whether this Prefect already has what `_apply` would apply (a restart on the same home): the stamp
+    written after the last apply names the same files and project, and this Prefect has the retrain deployment."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    stamp = home.prefect / ".applied"
+    if not stamp.exists() or stamp.read_text() != _fingerprint():
+        return False
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_deployment_by_name(RETRAIN)
+        except ObjectNotFound:
+            return False
+    return True
+
+
+def _fingerprint() -> str:
+    import hashlib
+
+    h = hashlib.sha256(f"{PROJECT}\n".encode())
+    for f in (PROJECT / "prefect.yaml", PROJECT / "deployments" / "automations.yaml"):
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
 def cmd_up(args) -> int:
     import uvicorn
 
@@ -225,7 +269,7 @@ def cmd_up(args) -> int:
     try:
         api = os.environ.get("PREFECT_API_URL")
         if not api:
-            port = args.prefect_port or _free_port()
+            port = args.prefect_port or _same_port(home)
             api = f"http://127.0.0.1:{port}/api"
             log = logs / "prefect-server.log"
             print(f"starting Prefect on {api} (SQLite under {home.prefect}; log {log})", flush=True)
@@ -233,8 +277,12 @@ def cmd_up(args) -> int:
                                    str(port)], log, env, home.root))
             _wait_healthy(api, started[-1], log)
         env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"] = api
-        print("applying the work pool, deployments and automations", flush=True)
-        _apply(home, env, logs / "deploy.log")
+        if _applied(home):
+            print("the work pools, deployments and automations are as applied before", flush=True)
+        else:
+            print("applying the work pools, deployments and automations", flush=True)
+            _apply(home, env, logs / "deploy.log")
+            (home.prefect / ".applied").write_text(_fingerprint())
         worker = _start([str(BIN / "prefect"), "worker", "start", "--pool", "cpu-pool", "--type", "process"],
                         logs / "worker.log", env | {"PREFECT_WORKER_QUERY_SECONDS": QUERY_SECONDS}, PROJECT)
         started.append(worker)

@@ -210,12 +210,12 @@ class Service:
 
     def evaluate(self, tenant: str, job_id: str, body: dict) -> dict:
         """Score the job's fine-tuned model, and its base beside it, on one of the tenant's chat files."""
-        from tuneloop.data import prepare_dataset
+        from tuneloop.data import validate_file
         from tuneloop.evals.run import evaluate_model
         from tuneloop.models.base import resolve_base_model
         from tuneloop.serving.bodies import BadField, number
         from tuneloop.settings import get_settings
-        from tuneloop.specs import DataSpec, EvalSpec
+        from tuneloop.specs import EvalSpec
 
         unknown = sorted(set(map(str, body)) - {"file", "max_items", "max_new_tokens"})
         if unknown:
@@ -229,8 +229,7 @@ class Service:
         spec = EvalSpec(max_new_tokens=number(body, "max_new_tokens", 64, 1, 4096, int),
                         max_items=number(body, "max_items", 200, 1, 100000, int))
         path = self.files.path(tenant, f["id"])
-        rows = prepare_dataset(path, DataSpec(min_examples=1, validation_split=0, test_split=0), eval_data=path,
-                               tenant=tenant).eval_rows
+        rows = validate_file(path, min_examples=1, tenant=tenant).rows  # validated at upload
         base, (_, adapter) = self.resolve_model(tenant, job["fine_tuned_model"])
         base_path = resolve_base_model(base, get_settings().models_dir, log=lambda m: None)
         tuned = evaluate_model(base_path, adapter, rows, spec, job["fine_tuned_model"])
