@@ -131,3 +131,41 @@ def test_a_base_named_by_a_shipped_preset_trains_with_that_preset(tmp_path):
     spec, shown = build_spec(req(model=base), base, "acme", "ftjob-" + "5" * 24, tmp_path / "t.jsonl", None)
     assert shown["preset"] == "phi-3-mini" and spec.hardware == "t4-small"
     assert spec.training.quantization == "4bit" and spec.training.target_modules == ("qkv_proj", "o_proj")
+
+
+def test_a_model_that_exists_wins_over_a_late_stop_and_a_crash_is_not_an_end(tmp_path):
+    version = SimpleNamespace(id="v1", manifest={"training": {}}, status={"status": "candidate"}, metrics={})
+    for flag in ("cancel_requested", "pause_requested"):
+        status, out = J.observe(record(tmp_path, **{flag: True}), J.RunView("COMPLETED"), version, tmp_path)
+        assert status == "succeeded" and out["version"] == "v1"
+    status, out = J.observe(record(tmp_path, cancel_requested=True), J.RunView("CRASHED"), None, tmp_path)
+    assert (status, out) == ("cancelled", {})  # the retry automation may yet start it: not final
+
+
+def test_an_outcome_seen_on_an_older_run_is_not_written(tmp_path):
+    from tuneloop.service.service import _finish
+
+    rec = record(tmp_path, runs=["r1", "r2"], pause_requested=False)
+    _finish(rec, {"status": "paused"}, "r1")  # a reader saw r1 cancelled by the pause; the job was resumed since
+    assert rec["status"] is None
+    _finish(rec, {"status": "failed", "finished_at": 5, "error": {"message": "x"}}, "r1")
+    assert rec["status"] is None
+    _finish(rec, {"status": "failed", "finished_at": 5, "error": {"message": "x"}}, "r2")
+    assert rec["status"] == "failed" and rec["events"][-1]["level"] == "error"
+
+
+def test_a_job_base_is_a_hub_id_the_tiny_base_or_a_folder_under_the_models_folder(tmp_path, monkeypatch):
+    from tuneloop.service.home import Home
+    from tuneloop.service.service import Service
+
+    models = tmp_path / "models"
+    (models / "mine").mkdir(parents=True)
+    (models / "mine" / "config.json").write_text("{}")
+    monkeypatch.setenv("TUNELOOP_MODELS_DIR", str(models))
+    service = Service(Home.at(tmp_path / "home"))
+    assert service._base_for("acme", TINY_BASE) == (TINY_BASE, None)
+    assert service._base_for("acme", "org/some-model") == ("org/some-model", None)
+    assert service._base_for("acme", "mine") == (str((models / "mine").resolve()), None)
+    for bad in ("/etc", "../../etc", str(tmp_path), "~/x", "mine/../../..", "not a model", "champion"):
+        with pytest.raises(UserError):
+            service._base_for("acme", bad)

@@ -21,8 +21,9 @@ from pathlib import Path
 from uuid import UUID
 
 import yaml
+from contextlib import contextmanager
 
-from tuneloop.errors import UserError
+from tuneloop.errors import TuneloopError, UserError
 from tuneloop.service.home import Home
 from tuneloop.service.jobs import RunView
 
@@ -31,6 +32,24 @@ BIN = Path(sys.executable).parent
 RETRAIN = "retrain/retrain"
 QUERY_SECONDS = "2"  # how often the worker asks for work (Prefect's default 10 s is most of a job's wait in queue)
 HEARTBEAT_ENV = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}  # as the shipped retrain deployments send
+
+
+class Unavailable(TuneloopError):
+    """Prefect's API did not answer: a 503, the client may retry."""
+
+    http_status = 503
+
+
+@contextmanager
+def _prefect_errors():
+    import httpx
+
+    try:
+        yield
+    except (httpx.HTTPError, OSError, RuntimeError) as e:
+        raise Unavailable(f"the orchestrator (Prefect) did not answer ({type(e).__name__}); nothing was changed. "
+                          "Fix: retry in a moment; if it persists, check `tuneloop up`'s logs/prefect-server.log") \
+            from None
 
 
 class PrefectRuns:
@@ -43,30 +62,35 @@ class PrefectRuns:
         from prefect.deployments import run_deployment
 
         env = HEARTBEAT_ENV | {"TUNELOOP_REGISTRY": str(self.home.registry(tenant))}
-        fr = run_deployment(self.deployment, parameters={"spec": spec}, timeout=0, flow_run_name=job_id,
-                            tags=["tuneloop-service", f"tenant:{tenant}", f"job:{job_id}"],
-                            job_variables={"env": env})
+        with _prefect_errors():
+            fr = run_deployment(self.deployment, parameters={"spec": spec}, timeout=0, flow_run_name=job_id,
+                                tags=["tuneloop-service", f"tenant:{tenant}", f"job:{job_id}"],
+                                job_variables={"env": env})
         return str(fr.id)
 
     def view(self, run_id: str) -> RunView | None:
+        """The run's state; None when Prefect does not know the run or does not answer (the job then reads
+        as last known)."""
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
         from prefect.exceptions import ObjectNotFound
 
-        with get_client(sync_client=True) as client:
-            try:
-                fr = client.read_flow_run(UUID(run_id))
-            except ObjectNotFound:
-                return None
-            st = fr.state
-            if st is None:
-                return RunView("SCHEDULED")
-            kind = st.type.value
-            tasks = []
-            if kind == "RUNNING":
-                tasks = [t.name for t in client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[fr.id]))) if t.start_time is not None]
-            return RunView(kind, st.name or "", st.message, tasks)
+        try:
+            with _prefect_errors(), get_client(sync_client=True) as client:
+                try:
+                    fr = client.read_flow_run(UUID(run_id))
+                except ObjectNotFound:
+                    return None
+                st = fr.state
+                if st is None:
+                    return RunView("SCHEDULED")
+                tasks = []
+                if st.type.value == "RUNNING":
+                    tasks = [t.name for t in client.read_task_runs(flow_run_filter=FlowRunFilter(
+                        id=FlowRunFilterId(any_=[fr.id]))) if t.start_time is not None]
+                return RunView(st.type.value, st.name or "", st.message, tasks)
+        except Unavailable:
+            return None
 
     def stop(self, run_id: str, message: str) -> None:
         """Ask the worker to stop the run (it kills the run's process; checkpoints stay)."""
@@ -80,10 +104,15 @@ class PrefectRuns:
         from prefect.client.orchestration import get_client
         from prefect.states import Cancelled, Cancelling
 
-        with get_client(sync_client=True) as client:
-            fr = client.read_flow_run(UUID(run_id))
-            if fr.state is not None and fr.state.is_final():
-                return
+        from prefect.exceptions import ObjectNotFound
+
+        with _prefect_errors(), get_client(sync_client=True) as client:
+            try:
+                fr = client.read_flow_run(UUID(run_id))
+            except ObjectNotFound:
+                raise LookupError(run_id) from None
+            if fr.state is not None and fr.state.type.value in ("COMPLETED", "FAILED", "CANCELLED"):
+                return  # (a CRASHED run is cancelled too: else the retry automation would start it again)
             state = Cancelling(message=message) if kind == "cancelling" else Cancelled(message=message)
             client.set_flow_run_state(UUID(run_id), state, force=True)
 
@@ -146,18 +175,21 @@ def _start(args: list[str], log: Path, env: dict, cwd: Path) -> subprocess.Popen
 
 
 def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    if proc.poll() is not None:
+    """SIGTERM to the process's group, then SIGKILL to what is left of it: a worker's flow-run processes
+    share its group and may outlive it."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
         return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
 
 
 def _wait_healthy(api: str, proc: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
@@ -258,6 +290,8 @@ def cmd_up(args) -> int:
     home = Home.at(args.home)
     home.root.mkdir(parents=True, exist_ok=True)
     logs = home.root / "logs"
+    lock = _only_one(home)  # held until this process exits
+    _port_free(args.host, args.port)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what was started, even while starting
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")} | home.env() | {
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TUNELOOP_PROJECT_DIR": str(PROJECT),
@@ -298,10 +332,42 @@ def cmd_up(args) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not leave the children behind
+            signal.signal(sig, signal.SIG_IGN)
         for proc in reversed(started):
             _stop(proc)
+        lock.close()
         print("tuneloop stopped", flush=True)
     return 0
+
+
+def _only_one(home: Home):
+    """One `tuneloop up` per home: a second would start a second Prefect on the same database and take the
+    first one's runs for orphans."""
+    import fcntl
+
+    fh = open(home.root / ".up.lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        raise UserError(f"--home {home.root}", f"another tuneloop up runs on this home (pid {fh.read().strip()})",
+                        "stop it first, or give another --home") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def _port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UserError(f"--host {host} --port {port}", f"cannot listen there ({e.strerror})",
+                            "give a free --port, or stop what listens on it") from None
 
 
 def cmd_keys(args) -> int:

@@ -26,7 +26,7 @@ import uuid
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.concurrency import run_in_threadpool
 
@@ -34,6 +34,7 @@ from tuneloop.serving import bodies
 from tuneloop.serving.app import Denied, add_error_handlers
 from tuneloop.serving.capacity import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_QUEUE, Admission
 from tuneloop.serving.keys import Key, KeyRing
+from tuneloop.service.errors import TooLarge
 from tuneloop.service.service import Service
 
 MAX_UPLOAD_BYTES = 512 * 2**20
@@ -113,6 +114,10 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
     @app.post("/v1/files")
     async def files_create(request: Request):
         t = tenant(request)
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES + 2**20:  # before reading any of it
+            raise TooLarge(f"an upload of {declared} bytes", f"is over the upload limit of {MAX_UPLOAD_BYTES} bytes",
+                           "split the file, or train on a sample of it")
         form = await request.form(max_part_size=MAX_UPLOAD_BYTES)
         upload, purpose = form.get("file"), form.get("purpose")
         if upload is None or isinstance(upload, str):
@@ -126,21 +131,22 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
         t = tenant(request)
         after, limit = _limit(request, 10000)
         q = request.query_params
-        items = service.files.list(t, purpose=q.get("purpose"), limit=min(limit + 1, 10000), after=after,
-                                   order=q.get("order", "desc"))  # one more: whether there are more
+        items = await run_in_threadpool(service.files.list, t, purpose=q.get("purpose"), limit=min(limit + 1, 10000),
+                                        after=after, order=q.get("order", "desc"))  # one more: are there more
         return _listing(items[:limit], len(items) > limit)
 
     @app.get("/v1/files/{file_id}")
     async def files_get(file_id: str, request: Request):
-        return service.files.get(tenant(request), file_id)
+        return await run_in_threadpool(service.files.get, tenant(request), file_id)
 
     @app.delete("/v1/files/{file_id}")
     async def files_delete(file_id: str, request: Request):
-        return service.files.delete(tenant(request), file_id)
+        return await run_in_threadpool(service.files.delete, tenant(request), file_id)
 
     @app.get("/v1/files/{file_id}/content")
     async def files_content(file_id: str, request: Request):
-        return Response(service.files.content(tenant(request), file_id), media_type="application/jsonl")
+        path = await run_in_threadpool(service.files.path, tenant(request), file_id)  # NotFound for others'
+        return FileResponse(path, media_type="application/jsonl")
 
     # -- fine-tuning jobs -----------------------------------------------------------------------------
     @app.post("/v1/fine_tuning/jobs")
@@ -161,8 +167,10 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
     @app.post("/v1/fine_tuning/jobs/{job_id}/{action}")
     async def jobs_action(job_id: str, action: str, request: Request):
         t = tenant(request)
-        if action == "evaluate":
-            return await run_in_threadpool(service.evaluate, t, job_id, await body(request))
+        if action == "evaluate":  # model work: it takes a generation slot like a completion
+            b = await body(request)
+            async with admission.slot():
+                return await run_in_threadpool(service.evaluate, t, job_id, b)
         if action not in ("cancel", "pause", "resume"):
             raise bodies.BadField("action", action, "a job action is cancel, pause, resume or evaluate",
                                   "fix the path")
@@ -194,7 +202,7 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
         t = tenant(request)
         out = await run_in_threadpool(service.delete_model, t, model)
         if pool is not None:
-            pool.unload(model)
+            await run_in_threadpool(pool.unload, model)  # waits for a generation on its base to finish
         return out
 
     # -- inference ------------------------------------------------------------------------------------
@@ -253,7 +261,9 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
     @app.get("/metrics")
     async def metrics(request: Request):
         tenant(request, "admin")
-        for status, n in (await run_in_threadpool(_job_counts)).items():
+        counts = await run_in_threadpool(_job_counts)
+        jobs_g.clear()  # a status no job has any more is gone, not stuck at its last count
+        for status, n in counts.items():
             jobs_g.labels(status).set(n)
         if pool is not None:
             st = pool.stats()

@@ -54,7 +54,8 @@ class RunView:
 
     @property
     def final(self) -> bool:
-        return self.state_type in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
+        """Ended for good. Not CRASHED: the retry automation reschedules a crashed run."""
+        return self.state_type in ("COMPLETED", "FAILED", "CANCELLED")
 
 
 class JobStore:
@@ -202,12 +203,12 @@ def observe(record: dict, view: RunView | None, version, runs: Path) -> tuple[st
     if view is None:
         return "validating_files" if not record.get("runs") else "queued", {}
     now = int(time.time())
-    if record.get("cancel_requested"):
-        return "cancelled", ({"status": "cancelled", "finished_at": now} if view.final else {})
-    if record.get("pause_requested"):
-        return ("paused", {"status": "paused"}) if view.final else ("running", {})
     kind = view.state_type
-    if kind == "COMPLETED":
+    if record.get("cancel_requested") and not (kind == "COMPLETED" and version is not None):
+        return "cancelled", ({"status": "cancelled", "finished_at": now} if view.final else {})
+    if record.get("pause_requested") and not (kind == "COMPLETED" and version is not None):
+        return ("paused", {"status": "paused"}) if view.final else ("running", {})
+    if kind == "COMPLETED":  # (even when a stop was asked for: it came too late, the model exists)
         if version is None:
             return "failed", {"status": "failed", "finished_at": now, "error": {
                 "code": "no_model", "param": None,

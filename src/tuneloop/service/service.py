@@ -7,6 +7,7 @@ the same 404 as an unknown one.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +23,8 @@ from tuneloop.service.requests import build_spec, parse_create
 from tuneloop.specs import TINY_BASE
 
 MIN_EXAMPLES = 10  # OpenAI's minimum for a training file
+STEP = re.compile(r"[1-9][0-9]{0,8}")  # a checkpoint id's step, as the service writes it
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
 
 class Runs(Protocol):
@@ -96,7 +99,10 @@ class Service:
         return self._object(record)
 
     def _base_for(self, tenant: str, model: str) -> tuple[str, Path | None]:
-        """The base model a job trains, and the adapter it starts from when `model` is a fine-tuned model."""
+        """The base model a job trains, and the adapter it starts from when `model` is a fine-tuned model.
+
+        A local folder must be under the service's models folder: a key may not make the service read
+        (or tell apart) arbitrary paths on its machine."""
         if model.startswith("ft:"):
             base, adapter = self.resolve_model(tenant, model)
             if adapter is None:
@@ -105,10 +111,21 @@ class Service:
         if model == "champion":
             raise UserError("model='champion'", "a job names the model it continues from",
                             "give the champion's fine_tuned_model id (GET /v1/models/champion shows it)")
-        if model.startswith((".", "/", "~")) and not Path(model).expanduser().exists():
-            raise UserError(f"model={model!r}", "is a local path that does not exist",
-                            "give a Hugging Face model id, an existing model folder, or tuneloop/tiny-llama")
-        return model, None
+        if model in self.bases or HUB_ID.fullmatch(model) and not model.startswith((".", "~")):
+            return model, None
+        root = self.models_root()
+        folder = (root / model).resolve() if not Path(model).expanduser().is_absolute() else \
+            Path(model).expanduser().resolve()
+        if folder.is_relative_to(root) and (folder / "config.json").exists():
+            return str(folder), None
+        raise UserError(f"model={model!r}", "a base is a Hugging Face id (org/name), tuneloop/tiny-llama, or a "
+                        f"model folder under the service's models folder", f"put the model in {root.name}/ on the "
+                        "service's machine and name it by its folder, or give a hub id")
+
+    def models_root(self) -> Path:
+        from tuneloop.settings import get_settings
+
+        return get_settings().models_dir.resolve()
 
     def job(self, tenant: str, job_id: str) -> dict:
         return self._object(self.jobs.get(tenant, job_id))
@@ -116,14 +133,19 @@ class Service:
     def _object(self, record: dict) -> dict:
         status, outcome = self._observe(record)
         if outcome:
-            record = self.jobs.update(record["tenant"], record["id"], lambda r: _finish(r, outcome))
+            run = record["runs"][-1] if record.get("runs") else None
+            record = self.jobs.update(record["tenant"], record["id"], lambda r: _finish(r, outcome, run))
+            if record.get("status") in J.TERMINAL or record.get("status") == "paused":
+                status = record["status"]
         return J.to_object(record, status, self.home.runs)
 
     def _observe(self, record: dict) -> tuple[str, dict]:
         if record.get("status") in J.TERMINAL or record.get("status") == "paused" or not record.get("runs"):
             return J.observe(record, None, None, self.home.runs)
         view = self.runs.view(record["runs"][-1]) if self.runs is not None else None
-        if view is None:
+        if view is None:  # Prefect cannot say (down, or it lost the run)
+            if record.get("cancel_requested") and record.get("run_gone"):
+                return "cancelled", {"status": "cancelled", "finished_at": int(time.time())}
             return record.get("status") or "queued", {}
         version = self._version_of(record["tenant"], record["id"]) if view.state_type == "COMPLETED" else None
         return J.observe(record, view, version, self.home.runs)
@@ -133,54 +155,77 @@ class Service:
         return [self._object(r) for r in records], more
 
     def cancel(self, tenant: str, job_id: str) -> dict:
-        record = self.jobs.get(tenant, job_id)
-        status = self._object(record)["status"]
-        if status in J.TERMINAL:
-            raise BadState(f"job {job_id}", f"is already {status}", "only a queued, running or paused job cancels")
+        self.job(tenant, job_id)  # reads the latest outcome into the record first
 
-        def change(r):
+        def change(r):  # checked under the job's lock: a concurrent resume or pause sees it
+            if r.get("status") in J.TERMINAL:
+                raise BadState(f"job {job_id}", f"is already {r['status']}",
+                               "only a queued, running or paused job cancels")
             r["cancel_requested"] = True
             J.add_event(r, "Job cancellation requested; checkpoints are kept")
-            if r.get("status") == "paused":
-                _finish(r, {"status": "cancelled", "finished_at": int(time.time())})
+            if r.get("status") == "paused" and not r.get("submitting"):
+                _finish(r, {"status": "cancelled", "finished_at": int(time.time())}, r["runs"][-1])
 
         record = self.jobs.update(tenant, job_id, change)
-        if record.get("status") != "cancelled" and self.runs is not None:
-            self.runs.stop(record["runs"][-1], "cancelled through the fine-tuning API")
-        return self._object(record)
+        if record.get("status") != "cancelled" and record.get("runs"):
+            self._stop(record, "cancelled through the fine-tuning API")
+        return self._object(self.jobs.get(tenant, job_id))
+
+    def _stop(self, record: dict, message: str) -> None:
+        try:
+            self.runs.stop(record["runs"][-1], message)
+        except LookupError:  # Prefect no longer knows the run: nothing runs it
+            self.jobs.update(record["tenant"], record["id"], lambda r: r.update(run_gone=True))
 
     def pause(self, tenant: str, job_id: str) -> dict:
-        status = self.job(tenant, job_id)["status"]
-        if status not in ("queued", "running", "validating_files"):
-            raise BadState(f"job {job_id}", f"is {status}", "only a queued or running job pauses")
+        self.job(tenant, job_id)
 
         def change(r):
+            if r.get("status") in J.TERMINAL or r.get("status") == "paused" or r.get("cancel_requested") \
+                    or r.get("pause_requested") or r.get("submitting"):
+                shown = r.get("status") or ("cancelling" if r.get("cancel_requested") else "pausing")
+                raise BadState(f"job {job_id}", f"is {shown}", "only a queued or running job pauses")
             r["pause_requested"] = True
             J.add_event(r, "Job pause requested; it resumes from its last checkpoint")
 
         record = self.jobs.update(tenant, job_id, change)
-        self.runs.stop(record["runs"][-1], "paused through the fine-tuning API")
-        return self._object(record)
+        self._stop(record, "paused through the fine-tuning API")
+        return self._object(self.jobs.get(tenant, job_id))
 
     def resume(self, tenant: str, job_id: str) -> dict:
-        record = self.jobs.get(tenant, job_id)
-        status = self._object(record)["status"]
-        if status != "paused":
-            raise BadState(f"job {job_id}", f"is {status}", "only a paused job resumes")
-        return self._new_run(record, "Job resumed")
+        self.job(tenant, job_id)
+        return self._new_run(tenant, job_id, "Job resumed", paused=True)
 
-    def _new_run(self, record: dict, reason: str) -> dict:
-        """Another flow run of the job's spec: it finds the job's run folder and resumes from its checkpoint."""
-        run_id = self.runs.submit(record["id"], record["tenant"], record["spec"])
+    def _new_run(self, tenant: str, job_id: str, reason: str, paused: bool) -> dict:
+        """Another flow run of the job's spec: it finds the job's run folder and resumes from its checkpoint.
+        One at a time per job (`submitting` is set under the lock); a cancel that lands meanwhile stops it."""
+        def reserve(r):
+            if r.get("status") in J.TERMINAL or r.get("cancel_requested") or r.get("submitting") or (
+                    paused and r.get("status") != "paused"):
+                shown = r.get("status") or ("cancelling" if r.get("cancel_requested") else "resuming")
+                raise BadState(f"job {job_id}", f"is {shown}", "only a paused job resumes")
+            r["submitting"] = True
+
+        record = self.jobs.update(tenant, job_id, reserve)
+        try:
+            run_id = self.runs.submit(job_id, tenant, record["spec"])
+        except BaseException:
+            self.jobs.update(tenant, job_id, lambda r: r.pop("submitting", None))
+            raise
         step = max((c["step_number"] for c in J.checkpoints(record, self.home.runs)), default=0)
 
-        def change(r):
-            r.update(status=None, pause_requested=False)
+        def commit(r):
+            r.pop("submitting", None)
             r["runs"].append(run_id)
+            if r.get("status") not in J.TERMINAL:
+                r.update(status=None, pause_requested=False)
             J.add_event(r, f"{reason}: it continues from checkpoint step {step}" if step else
                         f"{reason}: no checkpoint yet, it starts from the beginning")
 
-        return self._object(self.jobs.update(record["tenant"], record["id"], change))
+        record = self.jobs.update(tenant, job_id, commit)
+        if record.get("cancel_requested"):  # cancelled while the run was being submitted
+            self._stop(record, "cancelled through the fine-tuning API")
+        return self._object(self.jobs.get(tenant, job_id))
 
     def resume_orphans(self) -> list[str]:
         """At start: a job whose flow run was in flight when the service stopped gets a new run, which
@@ -196,7 +241,7 @@ class Service:
                         self.runs.abandon(record["runs"][-1], "superseded: the service restarted while it ran")
                     if record.get("cancel_requested") or record.get("pause_requested"):
                         continue  # its stop request is honoured: observe() ends it
-                    self._new_run(record, "The service restarted while the job ran")
+                    self._new_run(tenant, record["id"], "The service restarted while the job ran", paused=False)
                     resumed.append(record["id"])
         return resumed
 
@@ -226,8 +271,11 @@ class Service:
             raise BadState(f"job {job_id}", f"is {job['status']}; only a succeeded job has a model to evaluate",
                            "wait for it to succeed")
         f = self.files.get(tenant, body.get("file") or job["training_file"])
-        spec = EvalSpec(max_new_tokens=number(body, "max_new_tokens", 64, 1, 4096, int),
-                        max_items=number(body, "max_items", 200, 1, 100000, int))
+        if f.get("format", "chat") != "chat":
+            raise UserError(f"file={f['id']}", f"holds {f.get('format')} rows; evaluation scores chat rows",
+                            "give a chat-format file")
+        spec = EvalSpec(max_new_tokens=number(body, "max_new_tokens", 64, 1, 512, int),
+                        max_items=number(body, "max_items", 200, 1, 2000, int))
         path = self.files.path(tenant, f["id"])
         rows = validate_file(path, min_examples=1, tenant=tenant).rows  # validated at upload
         base, (_, adapter) = self.resolve_model(tenant, job["fine_tuned_model"])
@@ -255,7 +303,7 @@ class Service:
             if record.get("fine_tuned_model_name") != name or record.get("deleted"):
                 continue
             if ckpt:
-                path = J.checkpoint_adapter(record, self.home.runs, int(ckpt)) if ckpt.isdigit() else None
+                path = J.checkpoint_adapter(record, self.home.runs, int(ckpt)) if STEP.fullmatch(ckpt) else None
                 if path is None:
                     break
                 return record["base_model"], (model, path)
@@ -316,7 +364,7 @@ class Service:
                 state = "ok" if os.access(path, os.W_OK) else "read-only"
             except OSError as e:
                 state = f"down ({e.strerror})"
-            out[name] = {"state": state, "path": str(path)}
+            out[name] = {"state": state}  # no path: /health answers without a key
         return out
 
     def stats(self, tenant: str) -> dict:
@@ -334,10 +382,15 @@ class Service:
                 "files": len(self.files.list(tenant)), "feedback": {"total": sum(labels.values()), **labels}}
 
 
-def _finish(record: dict, outcome: dict) -> None:
-    """Write a job's outcome into its record, with the events that tell it."""
-    if record.get("status") in J.TERMINAL:
+def _finish(record: dict, outcome: dict, run: str | None) -> None:
+    """Write a job's outcome, observed on flow run `run`, into its record, with the events that tell it; an
+    outcome of a run that is no longer the job's current one (resumed since), or one already written, is not."""
+    if record.get("status") in J.TERMINAL or record.get("status") == outcome["status"]:
         return  # another reader wrote it first
+    if run is not None and (not record.get("runs") or record["runs"][-1] != run or record.get("submitting")):
+        return  # observed on a run the job has moved past
+    if outcome["status"] == "paused" and not record.get("pause_requested"):
+        return
     gate = outcome.get("gate")
     record.update(outcome)
     status = outcome["status"]

@@ -191,7 +191,8 @@ def add_error_handlers(app: FastAPI, admission: Admission) -> None:
 
     @app.exception_handler(TuneloopError)
     async def _tl_error(_req, exc: TuneloopError):
-        return _error(409 if isinstance(exc, ConflictError) else 500, str(exc), "server_error")
+        status = 409 if isinstance(exc, ConflictError) else getattr(exc, "http_status", 500)  # 503: retry later
+        return _error(status, str(exc), "server_error", headers={"Retry-After": "5"} if status == 503 else None)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_req, exc: RequestValidationError):
