@@ -398,6 +398,11 @@ def test_a_restart_mid_job_resumes_from_the_checkpoint_and_succeeds_once(up, dem
         time.sleep(0.5)
     step = client.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number
     assert up.stop() in (0, 143, -15)
+    run = next((up.home / "runs" / job.id).glob("run-*"))
+    seen = (run / "progress.json").read_text()
+    time.sleep(4)
+    assert (run / "progress.json").read_text() == seen and not (run / "result.json").exists(), \
+        "the job went on training after tuneloop up stopped"
     up.start()
     done = wait_for(client, job.id, {"succeeded"}, 600, up)
     assert len(versions_of(up.home, "t-restart", job.id)) == 1

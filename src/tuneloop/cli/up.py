@@ -17,11 +17,11 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from uuid import UUID
 
 import yaml
-from contextlib import contextmanager
 
 from tuneloop.errors import TuneloopError, UserError
 from tuneloop.service.home import Home
@@ -175,20 +175,28 @@ def _start(args: list[str], log: Path, env: dict, cwd: Path) -> subprocess.Popen
 
 
 def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM to the process's group, then SIGKILL to what is left of it: a worker's flow-run processes
-    share its group and may outlive it."""
+    """SIGTERM to the process's group and to every process it started (Prefect's worker starts each flow run
+    in a session of its own: stopping the worker alone leaves a job training), then SIGKILL to what is left.
+    A stopped job's run is resumed from its checkpoint at the next start."""
+    import psutil
+
     try:
+        started = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        started = []
+    for p in started:
+        with suppress(psutil.Error):
+            p.terminate()
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
+    with suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
+    _, alive = psutil.wait_procs(started, timeout=5)
+    for p in alive:
+        with suppress(psutil.Error):
+            p.kill()
+    with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=10)
 
 
