@@ -61,6 +61,29 @@ def wait_healthy(api_url: str, proc: subprocess.Popen, log: Path, timeout: float
     raise TimeoutError(f"prefect server not healthy after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
+RETRYABLE = {429, 502, 503}
+
+
+def prefect_call(method: str, url: str, timeout: float = 60.0, **kwargs) -> httpx.Response:
+    """One call to a Prefect server's REST API, retried the way Prefect's own client retries: a SQLite server
+    under load answers 503 ("database is locked", rolled back) and a restarting one refuses connections. Other
+    answers come back as they are, for the test to judge."""
+    deadline = time.monotonic() + timeout
+    delay = 0.25
+    while True:
+        try:
+            r = httpx.request(method, url, timeout=30, **kwargs)
+            if r.status_code not in RETRYABLE:
+                return r
+            failure = f"{r.status_code} {r.text[:200]}"
+        except httpx.TransportError as exc:
+            failure = repr(exc)
+        if time.monotonic() + delay > deadline:
+            raise TimeoutError(f"{method} {url} still failing after {timeout:.0f} s: {failure}")
+        time.sleep(delay)
+        delay = min(delay * 2, 4.0)
+
+
 def run_cli(args: list[str], env: dict, cwd: Path, timeout: float = 180) -> str:
     proc = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)

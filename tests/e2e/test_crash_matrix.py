@@ -6,7 +6,6 @@ versions, training resumed from its checkpoint, serving kept answering."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -19,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from e2e.procs import BIN, free_port, run_cli, start, stop, wait_healthy
+from e2e.procs import BIN, free_port, prefect_call, run_cli, start, stop, wait_healthy
 
 pytestmark = pytest.mark.slow
 RETRAIN_POINTS = ["validate", "mid-training", "mid-evaluation", "registry-written"]
@@ -74,9 +73,11 @@ class Stack:
             stop(self.server)
 
     def run(self, deployment: str, spec: dict, env: dict) -> str:
-        dep = httpx.get(f"{self.api}/deployments/name/{deployment}").json()
-        r = httpx.post(f"{self.api}/deployments/{dep['id']}/create_flow_run",
-                       json={"parameters": {"spec": spec}, "job_variables": {"env": env}})
+        dep = prefect_call("GET", f"{self.api}/deployments/name/{deployment}").json()
+        # the idempotency key makes a retried create (a 503 whose transaction did commit) one run, not two
+        r = prefect_call("POST", f"{self.api}/deployments/{dep['id']}/create_flow_run",
+                         json={"parameters": {"spec": spec}, "job_variables": {"env": env},
+                               "idempotency_key": f"{deployment}-{os.urandom(8).hex()}"})
         r.raise_for_status()
         return r.json()["id"]
 
@@ -85,9 +86,8 @@ class Stack:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                run = httpx.get(f"{self.api}/flow_runs/{run_id}").json()
-            except httpx.HTTPError:  # the server is restarting
-                time.sleep(1)
+                run = prefect_call("GET", f"{self.api}/flow_runs/{run_id}").json()
+            except TimeoutError:  # the server is down (a test restarts it): keep waiting
                 continue
             if run["state_type"] in ("COMPLETED", "FAILED", "CANCELLED"):
                 return run
@@ -96,11 +96,11 @@ class Stack:
                     f"{self.worker_log.read_text()[-5000:]}")
 
     def states(self, run_id: str) -> list[str]:
-        r = httpx.get(f"{self.api}/flow_run_states/", params={"flow_run_id": run_id})
+        r = prefect_call("GET", f"{self.api}/flow_run_states/", params={"flow_run_id": run_id})
         return [s["type"] for s in sorted(r.json(), key=lambda s: s["timestamp"])]
 
     def logs(self, run_id: str) -> list[str]:
-        r = httpx.post(f"{self.api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
+        r = prefect_call("POST", f"{self.api}/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}},
                                                         "limit": 200})
         return [lg["message"] for lg in r.json()]
 
@@ -265,12 +265,12 @@ def test_a_prefect_server_restart_mid_run_ends_crashed_and_the_automatic_retry_c
     # heartbeat they try to crash and reschedule it. Prefect must refuse both (a Completed run with a persisted
     # result). Wait until both have acted on this run (or 130 s after it ended), then look.
     ended = datetime.fromisoformat(run["state"]["timestamp"]).timestamp()  # no heartbeat after this
-    zombie = {a["id"]: a["name"] for a in httpx.post(f"{stack.api}/automations/filter", json={}).json()
+    zombie = {a["id"]: a["name"] for a in prefect_call("POST", f"{stack.api}/automations/filter", json={}).json()
               if a["name"] in ("crash-zombie-runs", "retry-zombie-runs")}
     acted: set[str] = set()
     while time.time() < ended + 130 and len(acted) < 2:
         time.sleep(3)
-        events = httpx.post(f"{stack.api}/events/filter", json={"filter": {
+        events = prefect_call("POST", f"{stack.api}/events/filter", json={"filter": {
             "event": {"prefix": ["prefect.automation.action."]}, "occurred": {"since": run["state"]["timestamp"]}},
             "limit": 50}).json()["events"]
         for e in events:
@@ -279,7 +279,7 @@ def test_a_prefect_server_restart_mid_run_ends_crashed_and_the_automatic_retry_c
             if aid in zombie and e["event"] != "prefect.automation.action.triggered" and \
                     f"prefect.flow-run.{run_id}" in targets:
                 acted.add(zombie[aid])
-    after = httpx.get(f"{stack.api}/flow_runs/{run_id}").json()
+    after = prefect_call("GET", f"{stack.api}/flow_runs/{run_id}").json()
     assert (after["state_type"], after["run_count"]) == ("COMPLETED", run["run_count"]), stack.states(run_id)
     print(f"\nserver restart mid-run: {' -> '.join(states)}; still completed after {sorted(acted) or 'no'} automation actions")
 
@@ -306,7 +306,7 @@ def test_an_attempt_superseded_by_a_reschedule_stops_and_the_newer_one_finishes_
     run_id = start_retrain_until_checkpointed(stack, spec, state)
     first = flow_run_processes(run_id)
     assert first, "the flow run's process was not found"
-    r = httpx.post(f"{stack.api}/flow_runs/{run_id}/set_state", json={
+    r = prefect_call("POST", f"{stack.api}/flow_runs/{run_id}/set_state", json={
         "state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "rescheduled by hand while it trains"},
         "force": True})
     assert r.status_code < 300, r.text

@@ -9,12 +9,11 @@ import secrets
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from conftest import ROOT
-from e2e.procs import BIN, free_port, run_cli, start, stop, wait_healthy
+from e2e.procs import BIN, free_port, prefect_call, run_cli, start, stop, wait_healthy
 
 pytestmark = pytest.mark.slow
 NEGATIVES = 5
@@ -99,7 +98,7 @@ def test_negative_feedback_triggers_a_retrain_that_completes(tiny_base, demo_fil
         while time.monotonic() < deadline:
             runs = {}
             for name in ("collect-feedback", "retrain"):
-                r = httpx.post(f"{api}/flow_runs/filter", json={
+                r = prefect_call("POST", f"{api}/flow_runs/filter", json={
                     "deployments": {"name": {"any_": [name]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 10})
                 runs[name] = [(run["state_type"], run["id"]) for run in r.json()]
             bad = [s for rs in runs.values() for s, _ in rs if s in ("FAILED", "CRASHED")]
@@ -111,15 +110,15 @@ def test_negative_feedback_triggers_a_retrain_that_completes(tiny_base, demo_fil
             pytest.fail(f"no completed retrain within the deadline: {runs}\n{worker_log.read_text()[-6000:]}")
 
         assert runs["collect-feedback"][0][0] == "COMPLETED"
-        events = httpx.post(f"{api}/events/filter", json={
+        events = prefect_call("POST", f"{api}/events/filter", json={
             "filter": {"event": {"name": ["tuneloop.feedback.negative"]}}, "limit": 50}).json()
         assert events["total"] == NEGATIVES
-        retrain_run = httpx.get(f"{api}/flow_runs/{runs['retrain'][0][1]}").json()
+        retrain_run = prefect_call("GET", f"{api}/flow_runs/{runs['retrain'][0][1]}").json()
         assert retrain_run["created_by"] is None or retrain_run["created_by"].get("type") != "USER"
         sheet = json.loads(next((state / "feedback" / "datasets" / "default").glob("*/datasheet.json")).read_text())
         assert sheet["counts"]["negatives"] == NEGATIVES and sheet["tenant"] == "default"
         assert (state / "registry" / "versions" / "v1" / "manifest.json").exists()
-        logs = httpx.post(f"{api}/logs/filter", json={"limit": 200}).json()
+        logs = prefect_call("POST", f"{api}/logs/filter", json={"limit": 200}).json()
         assert len(logs) > 20 and not [lg["message"] for lg in logs if PLANTED in lg["message"]]
     finally:
         if worker is not None:

@@ -9,7 +9,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import openai
 import pytest
 
 from conftest import ROOT
-from e2e.procs import BIN, free_port
+from e2e.procs import BIN, free_port, prefect_call
 
 pytestmark = pytest.mark.prefect  # a real Prefect server and worker (implies slow)
 BASE = "tuneloop/tiny-llama"
@@ -271,7 +270,7 @@ def feedback_lands_once_and_a_negative_is_an_event(client, up: Up, tenant: str, 
     api = up.prefect_api()
     deadline = time.monotonic() + 30
     while True:
-        found = httpx.post(f"{api}/events/filter", json={"filter": {"event": {"name": ["tuneloop.feedback.negative"]},
+        found = prefect_call("POST", f"{api}/events/filter", json={"filter": {"event": {"name": ["tuneloop.feedback.negative"]},
                                                                    "any_resource": {"id_prefix": [
                                                                        f"tuneloop.feedback.api:{tenant}:"]}},
                                                         "limit": 10}).json()
