@@ -346,6 +346,78 @@ def test_tenants_see_only_their_own_and_keys_are_required(up, trained):
     assert httpx.get(f"{up.url}/files", headers={"Authorization": "Bearer nope"}).status_code == 401
 
 
+def wait_promotion(admin, job_id: str, promotion_id: str, up: Up, timeout: float = 300) -> dict:
+    deadline, p = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        p = next(x for x in admin.get(f"/fine_tuning/jobs/{job_id}/promotions", cast_to=object)["data"]
+                 if x["id"] == promotion_id)
+        if p["status"] != "running":
+            return p
+        time.sleep(1)
+    pytest.fail(f"promotion {promotion_id} still {p.get('status')} after {timeout} s\n"
+                f"{(up.home / 'logs' / 'worker.log').read_text()[-5000:]}")
+
+
+def live_version(client, heldout: list[dict]) -> str:
+    r = client.chat.completions.with_raw_response.create(model="champion", messages=heldout[0]["messages"][:-1],
+                                                         max_tokens=4)
+    return r.headers["x-tuneloop-version"]
+
+
+def test_promote_runs_the_promote_flow_on_the_tenants_slots_and_a_model_below_the_bar_is_rejected(up, trained):
+    """POST /v1/fine_tuning/jobs/{id}/promote (an admin key) runs the promote deployment on the worker against
+    the tenant's own blue-green slots: a canary that passes moves `champion` and the production alias; a
+    model that fails validation is rejected and the live slot keeps serving."""
+    t = trained("demo")
+    client, first, heldout = t["client"], t["job"], t["heldout"]
+    admin = openai.OpenAI(base_url=up.url, api_key=up.key("t-demo", "admin"), max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):  # a user key may not promote
+        client.post(f"/fine_tuning/jobs/{first.id}/promote", body={}, cast_to=object)
+    stranger = openai.OpenAI(base_url=up.url, api_key=up.key("t-stranger", "admin"), max_retries=0)
+    with pytest.raises(openai.NotFoundError):  # nor another tenant's admin
+        stranger.post(f"/fine_tuning/jobs/{first.id}/promote", body={}, cast_to=object)
+    with pytest.raises(openai.BadRequestError, match="mode"):
+        admin.post(f"/fine_tuning/jobs/{first.id}/promote", body={"mode": "sideways"}, cast_to=object)
+
+    quick = client.fine_tuning.jobs.create(model=BASE, training_file=t["file"].id, suffix="quick", seed=5,
+                                           hyperparameters={"n_epochs": 1})
+    quick = wait_for(client, quick.id, {"succeeded"}, 600, up)
+    live = live_version(client, heldout)  # before any promotion: the registry champion
+    jobs = {j.model_extra["tuneloop"]["version"]: j for j in (first, quick)}
+    candidate = next(j for v, j in jobs.items() if v != live)
+    target = candidate.model_extra["tuneloop"]["version"]
+    hf = admin.files.create(file=("smoke.jsonl", "".join(json.dumps(r) + "\n" for r in heldout).encode()),
+                            purpose="fine-tune")
+    t0 = time.monotonic()
+    p = admin.post(f"/fine_tuning/jobs/{candidate.id}/promote", cast_to=object, body={
+        "mode": "canary", "canary_steps": [0.5, 1.0], "step_seconds": 1, "watch_seconds": 1, "smoke_file": hf.id,
+        "smoke_items": 8, "probe_items": 2, "min_accuracy": 0.0, "max_p95_seconds": 30})
+    assert p["status"] == "running" and p["version"] == target and p["mode"] == "canary"
+    with pytest.raises(openai.BadRequestError, match="promotion running"):
+        admin.post(f"/fine_tuning/jobs/{candidate.id}/promote", body={}, cast_to=object)
+    done = wait_promotion(admin, candidate.id, p["id"], up)
+    print(f"\npromotion (canary 50% -> 100%): {done['status']} in {time.monotonic() - t0:.1f} s")
+    assert done["status"] == "promoted", done
+    assert [c["at"] for c in done["checks"]][0] == "validation" and all(c["ok"] for c in done["checks"])
+    assert live_version(client, heldout) == target
+    champion = client.models.retrieve("champion").model_extra["tuneloop"]
+    assert champion["version"] == target and champion["production"] == target
+    status = httpx.get(up.url.removesuffix("/v1") + "/admin/status",
+                       headers={"Authorization": f"Bearer {admin.api_key}"}).json()
+    assert status["tenant"] == "t-demo" and status["slots"][status["live"]]["version"] == target
+    assert any(f"Promotion {p['id']} promoted" in e.message for e in client.fine_tuning.jobs.list_events(candidate.id).data)
+    with pytest.raises(openai.BadRequestError):  # the live model cannot be deleted
+        client.models.delete(candidate.fine_tuned_model)
+
+    back = next(j for v, j in jobs.items() if v != target)  # the other model, held to a bar it cannot meet
+    p = admin.post(f"/fine_tuning/jobs/{back.id}/promote", cast_to=object, body={
+        "watch_seconds": 1, "smoke_file": hf.id, "smoke_items": 4, "max_p95_seconds": 0.0001})
+    done = wait_promotion(admin, back.id, p["id"], up)
+    assert done["status"] == "rejected" and "p95" in done["reason"], done
+    assert live_version(client, heldout) == target  # serving never moved
+    assert client.models.retrieve("champion").model_extra["tuneloop"]["production"] == target
+
+
 def test_pause_resume_and_cancel_keep_the_checkpoints_and_register_nothing(up, demo):
     client = openai.OpenAI(base_url=up.url, api_key=up.key("t-cancel"), max_retries=0)
     f = client.files.create(file=open(demo["feedback"], "rb"), purpose="fine-tune")

@@ -30,6 +30,7 @@ from tuneloop.service.jobs import RunView
 PROJECT = Path(__file__).resolve().parents[3]  # a checkout's root: prefect.yaml, deployments/, src/
 BIN = Path(sys.executable).parent
 RETRAIN = "retrain/retrain"
+PROMOTE = "promote/promote"
 QUERY_SECONDS = "2"  # how often the worker asks for work (Prefect's default 10 s is most of a job's wait in queue)
 HEARTBEAT_ENV = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}  # as the shipped retrain deployments send
 
@@ -67,6 +68,29 @@ class PrefectRuns:
                                 tags=["tuneloop-service", f"tenant:{tenant}", f"job:{job_id}"],
                                 job_variables={"env": env})
         return str(fr.id)
+
+    def promote(self, promotion_id: str, tenant: str, spec: dict, token: str) -> str:
+        """A run of the promote deployment against the service's own slots; `token` is the promotion's key."""
+        from prefect.deployments import run_deployment
+
+        env = {"TUNELOOP_REGISTRY": str(self.home.registry(tenant)), spec["admin_token_env"]: token}
+        with _prefect_errors():
+            fr = run_deployment(PROMOTE, parameters={"spec": spec}, timeout=0, flow_run_name=promotion_id,
+                                tags=["tuneloop-service", f"tenant:{tenant}", f"promotion:{promotion_id}"],
+                                job_variables={"env": env})
+        return str(fr.id)
+
+    def result(self, run_id: str) -> dict | None:
+        """A completed run's persisted result (the promote flow's outcome), None when it cannot be read."""
+        from prefect.client.orchestration import get_client
+
+        try:
+            with _prefect_errors(), get_client(sync_client=True) as client:
+                state = client.read_flow_run(UUID(run_id)).state
+            value = state.result(raise_on_failure=False) if state is not None else None
+        except Exception:  # noqa: BLE001 - a result that cannot be read reads as none; the job says so
+            return None
+        return value if isinstance(value, dict) else None
 
     def view(self, run_id: str) -> RunView | None:
         """The run's state; None when Prefect does not know the run or does not answer (the job then reads
@@ -330,6 +354,7 @@ def cmd_up(args) -> int:
         started.append(worker)
         runs = PrefectRuns(home)
         service = Service(home, runs)
+        service.url = f"http://{_loopback(args.host)}:{args.port}"  # where the promote flow reaches the slots
         for job in service.resume_orphans():
             print(f"resuming {job}: its run was in flight when the service stopped", flush=True)
         pool = AdapterPool(budget_bytes=int(args.adapter_budget_mb * 2**20))
@@ -366,6 +391,15 @@ def _only_one(home: Home):
     fh.write(str(os.getpid()))
     fh.flush()
     return fh
+
+
+def _loopback(host: str) -> str:
+    """An address of this machine for `host` as `--host` gave it (a wildcard listens on loopback too)."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _port_free(host: str, port: int) -> None:

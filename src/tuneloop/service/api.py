@@ -11,12 +11,20 @@ error body are OpenAI's (docs/openai-migration.md lists every field).
     GET    /v1/fine_tuning/jobs/{id}                  POST .../{id}/cancel | pause | resume
     GET    /v1/fine_tuning/jobs/{id}/events           GET  .../{id}/checkpoints
     POST   /v1/fine_tuning/jobs/{id}/evaluate         {file, max_items, max_new_tokens}: metrics, and the base's
+    POST   /v1/fine_tuning/jobs/{id}/promote          an admin key; {mode, canary_steps, watch_seconds, ...}: the
+                                                      promote flow puts the model live on the tenant's slots
+    GET    /v1/fine_tuning/jobs/{id}/promotions       the job's promotions and their outcomes
     GET    /v1/models[/{model}]         DELETE /v1/models/{model}
     POST   /v1/chat/completions         POST /v1/completions
     POST   /v1/feedback                               {completion_id, rating|score|thumbs, correction, comment, user}
     GET    /stats                                     the key's tenant: jobs by status, tokens, models, feedback
     GET    /metrics                                   Prometheus (an admin key)
     GET    /health                                    Prefect API, worker, registry, store (no key)
+    /admin/...                                        the tenant's blue-green slots (an admin key), as
+                                                      `tuneloop serve`'s: status, load, switch, canary, rollback
+
+`champion` answers from the tenant's live slot (service.slots); `champion@blue`, `champion@green`, `blue`
+and `green` pin a slot.
 """
 
 from __future__ import annotations
@@ -31,11 +39,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.concurrency import run_in_threadpool
 
 from tuneloop.serving import bodies
-from tuneloop.serving.app import Denied, add_error_handlers
+from tuneloop.serving.app import Denied, add_admin_routes, add_error_handlers
 from tuneloop.serving.capacity import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_QUEUE, Admission
 from tuneloop.serving.keys import Key, KeyRing
 from tuneloop.service.errors import TooLarge
 from tuneloop.service.service import Service
+from tuneloop.service.slots import CHAMPION, PINS, TenantSlots
 
 MAX_UPLOAD_BYTES = 512 * 2**20
 
@@ -43,10 +52,12 @@ MAX_UPLOAD_BYTES = 512 * 2**20
 class Keys:
     """The home's keys file, read again whenever it changes (a key created while the service runs works at once)."""
 
-    def __init__(self, path):
-        self.path, self._seen, self._ring = path, None, None
+    def __init__(self, path, also=None):
+        self.path, self._seen, self._ring, self.also = path, None, None, also
 
     def find(self, presented: str) -> Key | None:
+        if self.also is not None and (key := self.also.find(presented)) is not None:
+            return key  # a promotion's own key
         try:
             stamp = self.path.stat().st_mtime_ns
         except FileNotFoundError:
@@ -77,7 +88,10 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
                        max_queue: int = DEFAULT_MAX_QUEUE, health=None) -> FastAPI:
     """`pool`: an AdapterPool serving every model on one shared copy of its base; `health()`: the
     dependencies' states (Prefect API, worker), added to /health."""
-    keys = Keys(service.home.keys_file)
+    keys = Keys(service.home.keys_file, service.tokens)
+    slots = TenantSlots(service.registry, pool, service.bases[0]) if pool is not None else None
+    if slots is not None:
+        service.served = slots.live
     admission = Admission(max_concurrency, max_queue)
     app = FastAPI(title="tuneloop", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = service
@@ -171,8 +185,14 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
             b = await body(request)
             async with admission.slot():
                 return await run_in_threadpool(service.evaluate, t, job_id, b)
+        if action == "promote":
+            t = tenant(request, "admin")
+            b = await body(request)
+            if slots is not None:
+                await run_in_threadpool(slots.tenant, t, True)  # loaded before the flow asks; the gate not followed
+            return await run_in_threadpool(service.promote, t, job_id, b)
         if action not in ("cancel", "pause", "resume"):
-            raise bodies.BadField("action", action, "a job action is cancel, pause, resume or evaluate",
+            raise bodies.BadField("action", action, "a job action is cancel, pause, resume, evaluate or promote",
                                   "fix the path")
         return await run_in_threadpool(getattr(service, action), t, job_id)
 
@@ -181,6 +201,11 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
         t = tenant(request)
         after, limit = _limit(request)
         return _listing(*await run_in_threadpool(service.events, t, job_id, after, limit))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/promotions")
+    async def jobs_promotions(job_id: str, request: Request):
+        items = await run_in_threadpool(service.promotions, tenant(request), job_id)
+        return _listing(items, False)
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
     async def jobs_checkpoints(job_id: str, request: Request):
@@ -215,13 +240,21 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
         if not isinstance(model, str) or not model:
             raise bodies.BadField("model", model, "is required: one of GET /v1/models, a checkpoint id or "
                                   "'champion'", "send model")
-        base, adapter = await run_in_threadpool(service.resolve_model, t, model)
-        outcome = "error"
+        outcome, headers = "error", {}
         try:
-            async with admission.slot():
-                engine = await run_in_threadpool(pool.engine, base, adapter)
-                fn = engine.chat if kind == "chat" else engine.complete
-                out = await anyio.to_thread.run_sync(lambda: fn(payload, **args))
+            if slots is not None and (model == CHAMPION or model in PINS):  # the tenant's blue-green slots
+                router, slot = await run_in_threadpool(slots.route, t, model)
+                async with admission.slot():
+                    with router.serving(slot) as engine:  # counted in the slot's stats the promote flow reads
+                        fn = engine.chat if kind == "chat" else engine.complete
+                        out = await anyio.to_thread.run_sync(lambda: fn(payload, **args))
+                headers = {"x-tuneloop-slot": slot, "x-tuneloop-version": engine.version}
+            else:
+                base, adapter = await run_in_threadpool(service.resolve_model, t, model)
+                async with admission.slot():
+                    engine = await run_in_threadpool(pool.engine, base, adapter)
+                    fn = engine.chat if kind == "chat" else engine.complete
+                    out = await anyio.to_thread.run_sync(lambda: fn(payload, **args))
             outcome = "ok"
         finally:
             answered.labels(outcome).inc()
@@ -232,13 +265,16 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
         usage = {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
                  "total_tokens": out.prompt_tokens + out.completion_tokens}
         if kind == "chat":
-            return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+            data = {"id": cid, "object": "chat.completion", "created": created, "model": model,
                     "system_fingerprint": None, "usage": usage,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
                                  "logprobs": None, "finish_reason": out.finish_reason}]}
-        return {"id": cid, "object": "text_completion", "created": created, "model": model,
-                "system_fingerprint": None, "usage": usage,
-                "choices": [{"index": 0, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}]}
+        else:
+            data = {"id": cid, "object": "text_completion", "created": created, "model": model,
+                    "system_fingerprint": None, "usage": usage,
+                    "choices": [{"index": 0, "text": out.text, "logprobs": None,
+                                 "finish_reason": out.finish_reason}]}
+        return JSONResponse(data, headers=headers)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -247,6 +283,10 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
     @app.post("/v1/completions")
     async def completions(request: Request):
         return await answer(request, "completion")
+
+    if slots is not None:  # what the promote flow drives; an admin key reaches its own tenant's slots only
+        add_admin_routes(app, lambda request: slots.tenant(tenant(request, "admin"), manage=request.method != "GET"),
+                         slots.loader, body)
 
     @app.post("/v1/feedback")
     async def feedback(request: Request):

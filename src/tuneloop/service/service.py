@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 from tuneloop.errors import UserError
 from tuneloop.feedback.store import FeedbackStore
 from tuneloop.service import jobs as J
+from tuneloop.service import promotions as P
 from tuneloop.service.errors import NotFound
 from tuneloop.service.feedback import Completions, record_feedback
 from tuneloop.service.files import FileStore
@@ -32,6 +33,8 @@ class Runs(Protocol):
     def view(self, run_id: str) -> J.RunView | None: ...
     def stop(self, run_id: str, message: str) -> None: ...  # the worker kills its process
     def abandon(self, run_id: str, message: str) -> None: ...  # its process is gone: mark it cancelled
+    def promote(self, promotion_id: str, tenant: str, spec: dict, token: str) -> str: ...  # a promote run's id
+    def result(self, run_id: str) -> dict | None: ...  # a completed run's persisted result
 
 
 class BadState(UserError):
@@ -45,6 +48,9 @@ class Service:
         self.jobs = J.JobStore(home.jobs)
         self.completions = Completions(home.completions)
         self.feedback_store = FeedbackStore(home.root / "feedback")  # where collect-feedback keeps it
+        self.url: str | None = None  # where the promote flow reaches this service (set by `tuneloop up`)
+        self.tokens = P.Tokens()  # the keys of promotions in flight
+        self.served: Callable[[str], str | None] | None = None  # tenant -> version live in its slots
 
     def feedback(self, tenant: str, body: dict) -> dict:
         return record_feedback(self.feedback_store, self.completions, tenant, body,
@@ -119,7 +125,7 @@ class Service:
         if folder.is_relative_to(root) and (folder / "config.json").exists():
             return str(folder), None
         raise UserError(f"model={model!r}", "a base is a Hugging Face id (org/name), tuneloop/tiny-llama, or a "
-                        f"model folder under the service's models folder", f"put the model in {root.name}/ on the "
+                        "model folder under the service's models folder", f"put the model in {root.name}/ on the "
                         "service's machine and name it by its folder, or give a hub id")
 
     def models_root(self) -> Path:
@@ -137,6 +143,8 @@ class Service:
             record = self.jobs.update(record["tenant"], record["id"], lambda r: _finish(r, outcome, run))
             if record.get("status") in J.TERMINAL or record.get("status") == "paused":
                 status = record["status"]
+        if any(p["status"] == "running" for p in record.get("promotions", [])):
+            record = self._observe_promotions(record)
         return J.to_object(record, status, self.home.runs)
 
     def _observe(self, record: dict) -> tuple[str, dict]:
@@ -233,6 +241,8 @@ class Service:
         resumed = []
         for tenant in self.jobs.tenants():
             for record in self.jobs.list(tenant):
+                if any(p["status"] in ("running", "submitting") for p in record.get("promotions", [])):
+                    self._end_promotions(record)
                 if record.get("status") in J.TERMINAL or record.get("status") == "paused" or not record["runs"]:
                     continue
                 view = self.runs.view(record["runs"][-1])
@@ -244,6 +254,26 @@ class Service:
                     self._new_run(tenant, record["id"], "The service restarted while the job ran", paused=False)
                     resumed.append(record["id"])
         return resumed
+
+    def _end_promotions(self, record: dict) -> None:
+        """At start: a promotion in flight when the service stopped is over. The slots lived in the stopped
+        process and start again from the production alias, which only a finished promotion moves."""
+        why = "the service restarted during the promotion; the slots start again from the production alias"
+        for p in record["promotions"]:
+            if p["status"] == "running":
+                try:
+                    self.runs.abandon(p["run"], why)
+                except LookupError:
+                    pass
+
+        def write(r):
+            for p in r["promotions"]:
+                if p["status"] in ("running", "submitting"):
+                    p.update(status="cancelled", reason=why, finished_at=int(time.time()))
+                    J.add_event(r, f"Promotion {p['id']} cancelled: {why}", "warn")
+            r["promotions"] = [p for p in r["promotions"] if p.get("run")]
+
+        self.jobs.update(record["tenant"], record["id"], write)
 
     def events(self, tenant: str, job_id: str, after: str | None, limit: int) -> tuple[list[dict], bool]:
         record = self.jobs.get(tenant, job_id)
@@ -287,6 +317,81 @@ class Service:
                 "model": job["fine_tuned_model"], "metrics": tuned.metrics, "base_model": base,
                 "base_metrics": bare.metrics}
 
+    # -- promotions ----------------------------------------------------------------------------------
+    def promote(self, tenant: str, job_id: str, body: dict) -> dict:
+        """Run the promote flow for the job's model against this tenant's slots (see service.promotions)."""
+        job = self.job(tenant, job_id)
+        if job["status"] != "succeeded" or not job["tuneloop"]["version"]:
+            raise BadState(f"job {job_id}", f"is {job['status']}; only a succeeded job has a model to promote",
+                           "wait for it to succeed")
+        if self.url is None or self.runs is None:
+            raise UserError("promote", "this server does not run flows or does not know its own address",
+                            "start the service with `tuneloop up`")
+        smoke = None
+        if body.get("smoke_file") is not None:
+            f = self.files.get(tenant, str(body["smoke_file"]))
+            if f.get("format", "chat") != "chat":
+                raise UserError(f"smoke_file={f['id']}", f"holds {f.get('format')} rows; smoke items are chat rows",
+                                "give a chat-format file")
+            smoke = str(self.files.path(tenant, f["id"]))
+        version = job["tuneloop"]["version"]
+        spec = P.parse(body, self.url, version, smoke)
+        pid = J.new_id(P.PREFIX)
+
+        def reserve(r):  # one promotion at a time per job
+            if any(p["status"] == "running" for p in r.get("promotions", [])):
+                raise BadState(f"job {job_id}", "has a promotion running", "wait for it to end (GET the job)")
+            r.setdefault("promotions", []).append({"id": pid, "status": "submitting"})
+
+        self.jobs.update(tenant, job_id, reserve)
+        token = self.tokens.make(tenant, pid)
+        try:
+            run_id = self.runs.promote(pid, tenant, spec.model_dump(mode="json"), token)
+        except BaseException:
+            self.tokens.drop(pid)
+            self.jobs.update(tenant, job_id, lambda r: r.update(
+                promotions=[p for p in r["promotions"] if p["id"] != pid]))
+            raise
+        promotion = P.new(pid, run_id, spec, version)
+
+        def commit(r):
+            r["promotions"] = [promotion if p["id"] == pid else p for p in r["promotions"]]
+            J.add_event(r, f"Promotion {pid} started ({spec.mode}): {version} goes to the idle slot, is validated, "
+                        "then takes traffic; a breach rolls it back")
+
+        self.jobs.update(tenant, job_id, commit)
+        return promotion
+
+    def promotions(self, tenant: str, job_id: str) -> list[dict]:
+        record = self.jobs.get(tenant, job_id)
+        if any(p["status"] == "running" for p in record.get("promotions", [])):
+            record = self._observe_promotions(record)
+        return [p for p in record.get("promotions", []) if p["status"] != "submitting"]
+
+    def _observe_promotions(self, record: dict) -> dict:
+        updates = {}
+        for p in record.get("promotions", []):
+            if p["status"] != "running":
+                continue
+            view = self.runs.view(p["run"]) if self.runs is not None else None
+            if view is None:
+                continue
+            result = self.runs.result(p["run"]) if view.state_type == "COMPLETED" else None
+            end = P.ended(p, view.state_type, view.message, result)
+            if end is not None:
+                updates[p["id"]] = end | {"finished_at": int(time.time())}
+
+        def write(r):
+            for p in r.get("promotions", []):
+                if p["id"] in updates and p["status"] == "running":
+                    p.update(updates[p["id"]])
+                    self.tokens.drop(p["id"])
+                    J.add_event(r, f"Promotion {p['id']} {p['status']}: {p['reason']}",
+                                "info" if p["status"] in ("promoted", "already-live") else "warn",
+                                data={"promotion": p["id"], "outcome": p["status"]})
+
+        return self.jobs.update(record["tenant"], record["id"], write) if updates else record
+
     # -- models --------------------------------------------------------------------------------------
     def resolve_model(self, tenant: str, model: str) -> tuple[str, tuple[str, Path] | None]:
         """(base model id, (adapter name, adapter folder) or None) for a model this tenant may use."""
@@ -322,16 +427,21 @@ class Service:
 
     def models(self, tenant: str) -> list[dict]:
         out = [{"id": b, "object": "model", "created": 0, "owned_by": "tuneloop"} for b in self.tenant_bases(tenant)]
-        champion = self.registry(tenant).champion()
+        reg = self.registry(tenant)
+        champion = reg.champion()
+        live = self.served(tenant) if self.served is not None else getattr(champion, "id", None)
         for record in self.jobs.list(tenant):
             if record.get("status") == "succeeded" and not record.get("deleted"):
                 out.append({"id": record["fine_tuned_model"], "object": "model",
                             "created": int(record.get("finished_at") or record["created_at"]), "owned_by": tenant,
                             "tuneloop": {"job": record["id"], "version": record.get("version"),
-                                         "champion": champion is not None and champion.id == record.get("version")}})
-        if champion is not None:
+                                         "champion": champion is not None and champion.id == record.get("version"),
+                                         "live": live is not None and live == record.get("version")}})
+        if live is not None:  # `champion` answers from the tenant's live slot
             out.append({"id": "champion", "object": "model", "created": 0, "owned_by": tenant,
-                        "tuneloop": {"version": champion.id, "base_model": champion.manifest["base_model"]}})
+                        "tuneloop": {"version": live, "base_model": reg.get(live).manifest["base_model"],
+                                     "registry_champion": getattr(champion, "id", None),
+                                     "production": reg.aliases().get("production")}})
         return out
 
     def model(self, tenant: str, model: str) -> dict:
@@ -344,10 +454,12 @@ class Service:
     def delete_model(self, tenant: str, model: str) -> dict:
         for record in self.jobs.list(tenant):
             if record.get("fine_tuned_model") == model and not record.get("deleted"):
-                champion = self.registry(tenant).champion()
-                if champion is not None and champion.id == record.get("version"):
-                    raise BadState(f"model {model}", "is the tenant's champion (it is being served)",
-                                   "promote another model first, then delete this one")
+                reg = self.registry(tenant)
+                held = {getattr(reg.champion(), "id", None), reg.aliases().get("production"),
+                        self.served(tenant) if self.served is not None else None}
+                if record.get("version") in held:
+                    raise BadState(f"model {model}", "is the tenant's champion, its production version or live in "
+                                   "its slots", "promote another model first, then delete this one")
                 self.jobs.update(tenant, record["id"], lambda r: r.update(deleted=True))
                 return {"id": model, "object": "model", "deleted": True}
         raise NotFound(model, "model", "GET /v1/models", "model")

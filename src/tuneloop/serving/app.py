@@ -386,17 +386,27 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
                                  media_type=CONTENT_TYPE_LATEST)
 
     # -- admin: each key manages its own tenant's slots ------------------------------------------------------
+    add_admin_routes(app, lambda request: _caller(request, "admin"), lambda tenant: loader, _json, allow_faults)
+
+    return app
+
+
+def add_admin_routes(app: FastAPI, admin, loader_for, read_json, allow_faults: bool = False) -> None:
+    """The blue-green admin routes (the module's docstring lists them) on `app`. `admin(request)`: the calling
+    Tenant, if allowed (else raises Denied); `loader_for(tenant name)`: its Loader (`owner(ref)`, `(ref)` ->
+    Engine); `read_json(request)`: the body, bounded. The promote flow drives a server through these."""
+
     def _status(t: Tenant) -> dict:
         st = t.router.status()
         return st if t.name is None else {"tenant": t.name, **st}
 
     @app.get("/admin/status")
     async def admin_status(request: Request):
-        return _status(_caller(request, "admin"))
+        return _status(admin(request))
 
     @app.get("/admin/slots/{slot}/stats")
     async def admin_stats(slot: str, request: Request, since: float | None = None, version: str | None = None):
-        t = _caller(request, "admin")
+        t = admin(request)
         if slot not in SLOTS:
             raise BadField("slot", slot, f"a slot is one of {', '.join(SLOTS)}", "name blue or green")
         return t.router.slots[slot].stats(since, version)
@@ -405,41 +415,42 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
     async def admin_load(slot: str, request: Request):
         from tuneloop.registry import ALIASES
 
-        t = _caller(request, "admin")
-        ref = (await _json(request)).get("version")
+        t = admin(request)
+        ref = (await read_json(request)).get("version")
         if not isinstance(ref, str) or not (ref == "base" or ref in ALIASES or _VERSION_REF.fullmatch(ref)):
             raise BadField("version", ref, f"must be a version id (v3), an alias ({', '.join(ALIASES)}) or 'base'",
                            'send e.g. {"version": "v3"}')
         if t.name is not None and ref != "base":  # a tenant loads only versions whose manifest names it
             with _field("version"):
-                vid, owner = await anyio.to_thread.run_sync(lambda: loader.owner(ref))
+                vid, owner = await anyio.to_thread.run_sync(lambda: loader_for(t.name).owner(ref))
             if owner != t.name:
                 raise Denied(403, f"version {vid} belongs to another tenant; a key of tenant {t.name} loads only "
                              f"versions whose manifest names tenant {t.name!r}. Fix: load one of this tenant's "
                              "versions")
             ref = vid  # load what was checked, even if an alias moves meanwhile
         with _field("slot"):
-            await anyio.to_thread.run_sync(lambda: t.router.load(slot, lambda: loader(ref)))  # drains: off the loop
+            load = loader_for(t.name)
+            await anyio.to_thread.run_sync(lambda: t.router.load(slot, lambda: load(ref)))  # drains: off the loop
         return _status(t)
 
     @app.post("/admin/slots/{slot}/unload")
     async def admin_unload(slot: str, request: Request):
-        t = _caller(request, "admin")
+        t = admin(request)
         with _field("slot"):
             drained = await anyio.to_thread.run_sync(lambda: t.router.unload(slot))
         return {"drained": drained, **_status(t)}
 
     @app.post("/admin/switch")
     async def admin_switch(request: Request):
-        t = _caller(request, "admin")
+        t = admin(request)
         with _field("slot"):
-            t.router.switch((await _json(request)).get("slot", ""))
+            t.router.switch((await read_json(request)).get("slot", ""))
         return _status(t)
 
     @app.post("/admin/canary")
     async def admin_canary(request: Request):
-        t = _caller(request, "admin")
-        body = await _json(request)
+        t = admin(request)
+        body = await read_json(request)
         weight = bodies.number(body, "weight", None, 0.0, 1.0)
         with _field("slot"):
             t.router.set_canary(body.get("slot", ""), weight)
@@ -447,10 +458,10 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
 
     @app.post("/admin/slots/{slot}/faults")
     async def admin_faults(slot: str, request: Request):
-        t = _caller(request, "admin")
+        t = admin(request)
         if not allow_faults:
             raise Denied(403, "fault injection is off. Fix: start the server with --allow-faults (testing only)")
-        body = await _json(request)
+        body = await read_json(request)
         unknown = sorted(map(str, set(body) - {"error_rate", "delay_s", "corrupt"}))
         if unknown:
             raise BadField(unknown[0], body[unknown[0]], "faults are error_rate, delay_s and corrupt",
@@ -466,11 +477,9 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
 
     @app.post("/admin/rollback")
     async def admin_rollback(request: Request):
-        t = _caller(request, "admin")
+        t = admin(request)
         t.router.rollback()
         return _status(t)
-
-    return app
 
 
 def _token_ok(request: Request, token: str) -> bool:
