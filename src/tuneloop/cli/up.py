@@ -421,13 +421,28 @@ def _port_free(host: str, port: int) -> None:
 
 
 def cmd_keys(args) -> int:
+    """The key alone on stdout (`KEY=$(tuneloop keys create ...)`), the note on it on stderr. The key is
+    stored only once it has been written to stdout: a closed stdout stores nothing and says so."""
     from tuneloop.serving.keys import add_key
 
     home = Home.at(args.home)
-    key = add_key(home.keys_file, args.tenant, args.role, args.name)
-    print(key)
+    closed = UserError("stdout", "it was closed before the key could be written, so no key was stored",
+                       "run tuneloop keys create again with its output read, e.g. KEY=$(tuneloop keys create ...)")
+
+    def show(key: str) -> None:
+        if sys.stdout is None:  # started with stdout closed
+            raise closed
+        try:
+            sys.stdout.write(key + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):  # the reader is gone, or stdout was closed in this process
+            with suppress(OSError, ValueError):  # else Python fails again flushing it at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise closed from None
+
+    add_key(home.keys_file, args.tenant, args.role, args.name, show=show)
     print(f"(a {args.role} key of tenant {args.tenant}; only its sha256 is stored, in {home.keys_file}: "
-          "keep the key now, it cannot be shown again)")
+          "keep the key now, it cannot be shown again)", file=sys.stderr)
     return 0
 
 
@@ -442,7 +457,8 @@ def add_parsers(sub) -> None:
                    help="memory for loaded adapters; the least recently used are unloaded beyond it (default 512)")
     u.set_defaults(func=cmd_up)
     k = sub.add_parser("keys", help="API keys of the service").add_subparsers(dest="keys_cmd", required=True)
-    c = k.add_parser("create", help="make a key; it is printed once, alone on the first line")
+    c = k.add_parser("create", help="make a key; it is printed once, alone on stdout (a note on it goes to "
+                                  "stderr)")
     c.add_argument("--tenant", required=True)
     c.add_argument("--role", default="user", choices=("user", "admin"))
     c.add_argument("--name", help="a label for the key (default TENANT-ROLE-N)")
