@@ -1,5 +1,6 @@
 """The installed package works outside a checkout: the wheel holds the flows, tasks and data files, and
-`tuneloop retrain` from a fresh venv completes in a folder with no checkout in sight.
+`tuneloop retrain` from a fresh venv completes in a folder with no checkout in sight; `tuneloop up` finds the
+deployment files it applies in the package, and their entrypoints load the flows from the venv.
 
 The fresh venv gets the wheel alone (--no-deps); this venv lends it the dependencies through a `.pth`
 line naming its site-packages. Python does not read the `.pth` files of a folder named that way, so the
@@ -46,8 +47,11 @@ def test_wheel_ships_every_file_of_the_package(wheel):
     assert in_src - names == set(), "add the missing files to [tool.setuptools.package-data]"
     for needed in ("tuneloop/flows/retrain.py", "tuneloop/tasks/data.py", "tuneloop/cli/runflow.py",
                    "tuneloop/assets/prefect-profiles.toml", "tuneloop/evals/metrics/exact_match/exact_match.py",
-                   "tuneloop/evals/benchmarks_data/arc_easy.jsonl"):
+                   "tuneloop/evals/benchmarks_data/arc_easy.jsonl", "tuneloop/assets/prefect.yaml",
+                   "tuneloop/assets/automations.yaml"):
         assert needed in names
+    for packaged, checkout in (("prefect.yaml", "prefect.yaml"), ("automations.yaml", "deployments/automations.yaml")):
+        assert zipfile.ZipFile(wheel).read(f"tuneloop/assets/{packaged}") == (ROOT / checkout).read_bytes()
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "tuneloop = tuneloop.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -62,6 +66,53 @@ def _venv_with(wheel: Path, where: Path, env: dict) -> Path:
                           env=env, capture_output=True, text=True, check=True).stdout.strip()
     (Path(site) / "_lent_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return where / "bin"
+
+
+PREPARE = """
+import json, sys
+from pathlib import Path
+import yaml
+from prefect.flows import load_flow_from_entrypoint
+from tuneloop.cli.up import _deployment_files
+from tuneloop.service.home import Home
+
+home = Home.at(sys.argv[1])
+home.root.mkdir()
+deployments, automations = _deployment_files(home, Path.cwd())
+config = yaml.safe_load(deployments.read_text())
+flows = {d["name"]: load_flow_from_entrypoint(d["entrypoint"]) for d in config["deployments"]}
+print(json.dumps({"pull": config["pull"], "automations": automations.read_text(),
+                  "flows": {name: [f.name, sys.modules[f.fn.__module__].__file__] for name, f in flows.items()}}))
+"""
+
+
+def test_installed_up_prepares_its_deployments_outside_the_checkout(wheel, tmp_path):
+    """What `tuneloop up` applies, prepared in the fresh venv from a folder with no checkout: the packaged files,
+    entrypoints that load every flow from the venv (as the worker's flow runs do), and Prefect's CLI as `up`
+    runs it. Starting the whole service from the wheel is left to a person (minutes)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PREFECT_HOME", "PREFECT_PROFILES_PATH",
+                                                            "PREFECT_PROFILE", "PREFECT_API_URL")}
+    bin_dir = _venv_with(wheel, tmp_path / "venv", env)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    helped = subprocess.run([bin_dir / "tuneloop", "up", "--help"], cwd=work, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert helped.returncode == 0 and "--home" in helped.stdout, helped.stderr[-3000:]
+    version = subprocess.run([bin_dir / "python", "-m", "prefect", "--version"], cwd=work, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0 and version.stdout.startswith("3.8."), version.stdout + version.stderr[-3000:]
+
+    run = subprocess.run([bin_dir / "python", "-c", PREPARE, str(tmp_path / "home")], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.splitlines()[-1])
+    assert out["pull"] == [{"prefect.deployments.steps.set_working_directory": {"directory": str(work)}}]
+    assert out["automations"] == (ROOT / "deployments" / "automations.yaml").read_text()
+    assert set(out["flows"]) == {"collect-feedback", "detect-drift", "retrain", "run-benchmarks", "promote",
+                                 "retrain-gpu", "retrain-demo"}
+    for name, (flow, source) in out["flows"].items():
+        assert Path(source).is_relative_to(tmp_path / "venv"), (name, source)
+    assert out["flows"]["retrain"][0] == "retrain" and out["flows"]["promote"][0] == "promote"
 
 
 def test_installed_retrain_runs_outside_the_checkout(wheel, tmp_path, tiny_base, demo_files):

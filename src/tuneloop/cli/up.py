@@ -12,12 +12,14 @@ This is the entry layer: the only part of the service that talks to Prefect.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from contextlib import contextmanager, suppress
+from importlib import resources
 from pathlib import Path
 from uuid import UUID
 
@@ -27,8 +29,9 @@ from tuneloop.errors import TuneloopError, UserError
 from tuneloop.service.home import Home
 from tuneloop.service.jobs import RunView
 
-PROJECT = Path(__file__).resolve().parents[3]  # a checkout's root: prefect.yaml, deployments/, src/
-BIN = Path(sys.executable).parent
+# Prefect's CLI through this interpreter: the `prefect` script may live elsewhere than sys.executable's folder
+# (`pip install --user`, a venv lending its packages) or not at all; this is the prefect tuneloop imports.
+PREFECT = [sys.executable, "-m", "prefect"]
 RETRAIN = "retrain/retrain"
 PROMOTE = "promote/promote"
 QUERY_SECONDS = "2"  # how often the worker asks for work (Prefect's default 10 s is most of a job's wait in queue)
@@ -240,39 +243,74 @@ def _wait_healthy(api: str, proc: subprocess.Popen, log: Path, timeout: float = 
     raise UserError("prefect server", f"not healthy after {timeout:.0f} s", f"read {log}")
 
 
-def _prefect(args: list[str], env: dict, log: Path, timeout: float = 300) -> None:
+def _prefect(args: list[str], env: dict, log: Path, cwd: Path, timeout: float = 300) -> None:
     with open(log, "ab") as fh:
-        proc = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=PROJECT, stdout=fh,
+        proc = subprocess.run([*PREFECT, *args], env=env, cwd=cwd, stdout=fh,
                               stderr=subprocess.STDOUT, timeout=timeout)
     if proc.returncode != 0:
         raise UserError(f"prefect {' '.join(args[:2])}", f"failed with exit code {proc.returncode}",
                         f"read {log}")
 
 
-def _deployments_file(home: Home) -> Path:
-    """The shipped prefect.yaml as `up` applies it: schedules and triggers left out (they run the default
-    tenant's loop on files this service does not have; the per-tenant loop wires its own)."""
-    source = PROJECT / "prefect.yaml"
-    if not source.exists():
-        raise UserError(str(source), "tuneloop up applies the deployments of a tuneloop checkout's prefect.yaml",
-                        "run tuneloop up from an installation made from a checkout (pip install -e .)")
-    config = yaml.safe_load(source.read_text())
+def _asset(name: str) -> str:
+    """The text of a deployment file shipped in the package (tuneloop/assets/NAME), so an installed wheel has
+    them: copies of the checkout's prefect.yaml and deployments/automations.yaml, kept byte-equal by
+    tests/unit/test_packaged_deployments.py."""
+    source = resources.files("tuneloop").joinpath("assets", name)
+    if not source.is_file():
+        raise UserError(f"tuneloop/assets/{name}", "tuneloop up applies the deployment files shipped in the "
+                        "package, and this installation has none", "reinstall tuneloop (pip install tuneloop, or "
+                        "pip install -e . from a checkout)")
+    return source.read_text(encoding="utf-8")
+
+
+_SCRIPT_ENTRYPOINT = re.compile(r"src/((?:\w+/)*\w+)\.py:(\w+)")
+
+
+def _module_entrypoint(deployment: str, entrypoint: str) -> str:
+    """`src/tuneloop/flows/retrain.py:retrain` as the module path `tuneloop.flows.retrain.retrain`: the
+    worker imports the flow from the installed package (a checkout's or a wheel's), so no source tree is
+    needed beside it."""
+    m = _SCRIPT_ENTRYPOINT.fullmatch(entrypoint)
+    parts = m.group(1).split("/") if m else []
+    if not parts or parts[0] != "tuneloop":
+        raise UserError(f"prefect.yaml deployment {deployment!r}: entrypoint {entrypoint!r}",
+                        "tuneloop up runs flows from the installed package, so an entrypoint must be "
+                        "src/tuneloop/<module path>.py:<flow function>",
+                        "point the entrypoint at a flow under src/tuneloop/ (in prefect.yaml and its copy "
+                        "src/tuneloop/assets/prefect.yaml)")
+    if not resources.files("tuneloop").joinpath(*parts[1:-1], f"{parts[-1]}.py").is_file():
+        raise UserError(f"prefect.yaml deployment {deployment!r}: entrypoint {entrypoint!r}",
+                        f"this installation of tuneloop has no module {'.'.join(parts)}",
+                        "point the entrypoint at a flow module that exists, or reinstall tuneloop")
+    return ".".join(parts) + "." + m.group(2)
+
+
+def _deployment_files(home: Home, workdir: Path) -> tuple[Path, Path]:
+    """The shipped prefect.yaml and automations.yaml as `up` applies them, written into the home. In
+    prefect.yaml: schedules and triggers left out (they run the default tenant's loop on files this service
+    does not have; the per-tenant loop wires its own), entrypoints as module paths and flow runs working in
+    `workdir` (where `up` was started: a relative path means the same folder to `up` and to its flow runs),
+    so the deployments run from an installed wheel as from a checkout."""
+    config = yaml.safe_load(_asset("prefect.yaml"))
+    config["pull"] = [{"prefect.deployments.steps.set_working_directory": {"directory": str(workdir)}}]
     for d in config["deployments"]:
         d.pop("schedules", None)
         d.pop("triggers", None)
-    out = home.root / "prefect.yaml"
-    out.write_text(yaml.safe_dump(config, sort_keys=False))
-    return out
+        d["entrypoint"] = _module_entrypoint(d["name"], d["entrypoint"])
+    deployments, automations = home.root / "prefect.yaml", home.root / "automations.yaml"
+    deployments.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    automations.write_text(_asset("automations.yaml"), encoding="utf-8")
+    return deployments, automations
 
 
-def _apply(home: Home, env: dict, log: Path) -> None:
+def _apply(deployments: Path, automations: Path, env: dict, log: Path, cwd: Path) -> None:
     """Work pool, deployments and automations, each made idempotent (a restart applies them again)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
 
-    automations = PROJECT / "deployments" / "automations.yaml"
-    names = [a["name"] for a in yaml.safe_load(automations.read_text())["automations"]]
+    names = [a["name"] for a in yaml.safe_load(automations.read_text(encoding="utf-8"))["automations"]]
     with get_client(sync_client=True) as client:
         for pool in ("cpu-pool", "gpu-pool"):  # gpu-pool: the GPU deployments' pool; a GPU host's worker serves it
             try:
@@ -282,18 +320,18 @@ def _apply(home: Home, env: dict, log: Path) -> None:
         for a in client.read_automations():
             if a.name in names:
                 client.delete_automation(a.id)
-    _prefect(["--no-prompt", "deploy", "--all", "--prefect-file", str(_deployments_file(home))], env, log)
-    _prefect(["automation", "create", "--from-file", str(automations)], env, log)
+    _prefect(["--no-prompt", "deploy", "--all", "--prefect-file", str(deployments)], env, log, cwd)
+    _prefect(["automation", "create", "--from-file", str(automations)], env, log, cwd)
 
 
-def _applied(home: Home) -> bool:
+def _applied(home: Home, fingerprint: str) -> bool:
     """Whether this Prefect already has what `_apply` would apply (a restart on the same home): the stamp
-    written after the last apply names the same files and project, and this Prefect has the retrain deployment."""
+    written after the last apply names the same files, and this Prefect has the retrain deployment."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     stamp = home.prefect / ".applied"
-    if not stamp.exists() or stamp.read_text() != _fingerprint():
+    if not stamp.exists() or stamp.read_text() != fingerprint:
         return False
     with get_client(sync_client=True) as client:
         try:
@@ -303,11 +341,12 @@ def _applied(home: Home) -> bool:
     return True
 
 
-def _fingerprint() -> str:
+def _fingerprint(*files: Path) -> str:
+    """The files as applied (their working directory and module entrypoints included)."""
     import hashlib
 
-    h = hashlib.sha256(f"{PROJECT}\n".encode())
-    for f in (PROJECT / "prefect.yaml", PROJECT / "deployments" / "automations.yaml"):
+    h = hashlib.sha256()
+    for f in files:
         h.update(f.read_bytes())
     return h.hexdigest()
 
@@ -325,8 +364,11 @@ def cmd_up(args) -> int:
     lock = _only_one(home)  # held until this process exits
     _port_free(args.host, args.port)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what was started, even while starting
+    workdir = Path.cwd()  # the flow runs' working directory, as `up`'s own
+    files = _deployment_files(home, workdir)  # before anything starts: a broken file stops `up` here
+    fingerprint = _fingerprint(*files)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")} | home.env() | {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TUNELOOP_PROJECT_DIR": str(PROJECT),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "TUNELOOP_SERVER": os.environ.get("TUNELOOP_SERVER") or f"http://{args.host}:{args.port}"}
     os.environ.update(home.env())
     started: list[subprocess.Popen] = []
@@ -339,18 +381,18 @@ def cmd_up(args) -> int:
             api = f"http://127.0.0.1:{port}/api"
             log = logs / "prefect-server.log"
             print(f"starting Prefect on {api} (SQLite under {home.prefect}; log {log})", flush=True)
-            started.append(_start([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+            started.append(_start([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port",
                                    str(port)], log, env, home.root))
             _wait_healthy(api, started[-1], log)
         env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"] = api
-        if _applied(home):
+        if _applied(home, fingerprint):
             print("the work pools, deployments and automations are as applied before", flush=True)
         else:
             print("applying the work pools, deployments and automations", flush=True)
-            _apply(home, env, logs / "deploy.log")
-            (home.prefect / ".applied").write_text(_fingerprint())
-        worker = _start([str(BIN / "prefect"), "worker", "start", "--pool", "cpu-pool", "--type", "process"],
-                        logs / "worker.log", env | {"PREFECT_WORKER_QUERY_SECONDS": QUERY_SECONDS}, PROJECT)
+            _apply(*files, env, logs / "deploy.log", workdir)
+            (home.prefect / ".applied").write_text(fingerprint)
+        worker = _start([*PREFECT, "worker", "start", "--pool", "cpu-pool", "--type", "process"],
+                        logs / "worker.log", env | {"PREFECT_WORKER_QUERY_SECONDS": QUERY_SECONDS}, workdir)
         started.append(worker)
         runs = PrefectRuns(home)
         service = Service(home, runs)
@@ -413,13 +455,28 @@ def _port_free(host: str, port: int) -> None:
 
 
 def cmd_keys(args) -> int:
+    """The key alone on stdout (`KEY=$(tuneloop keys create ...)`), the note on it on stderr. The key is
+    stored only once it has been written to stdout: a closed stdout stores nothing and says so."""
     from tuneloop.serving.keys import add_key
 
     home = Home.at(args.home)
-    key = add_key(home.keys_file, args.tenant, args.role, args.name)
-    print(key)
+    closed = UserError("stdout", "it was closed before the key could be written, so no key was stored",
+                       "run tuneloop keys create again with its output read, e.g. KEY=$(tuneloop keys create ...)")
+
+    def show(key: str) -> None:
+        if sys.stdout is None:  # started with stdout closed
+            raise closed
+        try:
+            sys.stdout.write(key + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, ValueError):  # the reader is gone, or stdout was closed in this process
+            with suppress(OSError, ValueError):  # else Python fails again flushing it at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise closed from None
+
+    add_key(home.keys_file, args.tenant, args.role, args.name, show=show)
     print(f"(a {args.role} key of tenant {args.tenant}; only its sha256 is stored, in {home.keys_file}: "
-          "keep the key now, it cannot be shown again)")
+          "keep the key now, it cannot be shown again)", file=sys.stderr)
     return 0
 
 
@@ -434,7 +491,8 @@ def add_parsers(sub) -> None:
                    help="memory for loaded adapters; the least recently used are unloaded beyond it (default 512)")
     u.set_defaults(func=cmd_up)
     k = sub.add_parser("keys", help="API keys of the service").add_subparsers(dest="keys_cmd", required=True)
-    c = k.add_parser("create", help="make a key; it is printed once, alone on the first line")
+    c = k.add_parser("create", help="make a key; it is printed once, alone on stdout (a note on it goes to "
+                                  "stderr)")
     c.add_argument("--tenant", required=True)
     c.add_argument("--role", default="user", choices=("user", "admin"))
     c.add_argument("--name", help="a label for the key (default TENANT-ROLE-N)")

@@ -21,6 +21,7 @@ import hmac
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,9 +147,11 @@ class KeyRing:
         return cls(keys, tenants)
 
 
-def add_key(path: str | Path, tenant: str, role: str = "user", name: str | None = None) -> str:
+def add_key(path: str | Path, tenant: str, role: str = "user", name: str | None = None,
+            show: Callable[[str], None] | None = None) -> str:
     """Make a new random key for `tenant`, store only its sha256 in the keys file at `path` (created if
-    absent; its other entries kept), and return the key: the one time it exists in the clear."""
+    absent; its other entries kept), and return the key: the one time it exists in the clear. `show(key)`,
+    when given, hands the key out before it is stored: if it raises, nothing is stored (no key nobody saw)."""
     import yaml
 
     from tuneloop.runtime.fsutil import atomic_write_text, locked
@@ -170,6 +173,8 @@ def add_key(path: str | Path, tenant: str, role: str = "user", name: str | None 
         entry = {"sha256": hash_key(key), "tenant": tenant, "role": role,
                  "name": name or f"{tenant}-{role}-{len(data.get('keys') or []) + 1}"}
         data["keys"] = list(data.get("keys") or []) + [entry]
+        if show is not None:
+            show(key)
         atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
     return key
 
