@@ -29,9 +29,6 @@ and `green` pin a slot.
 
 from __future__ import annotations
 
-import time
-import uuid
-
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -39,7 +36,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.concurrency import run_in_threadpool
 
 from tuneloop.serving import bodies
-from tuneloop.serving.app import Denied, add_admin_routes, add_error_handlers
+from tuneloop.serving.app import add_admin_routes, add_error_handlers, authorize, completion_object
 from tuneloop.serving.capacity import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_QUEUE, Admission
 from tuneloop.serving.keys import Key, KeyRing
 from tuneloop.service.errors import TooLarge
@@ -97,26 +94,19 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
     app.state.service = service
     add_error_handlers(app, admission)
     registry = CollectorRegistry()
-    jobs_g = Gauge("tuneloop_service_jobs", "Fine-tuning jobs by status (all tenants)", ["status"], registry=registry)
+    jobs_g = Gauge("tuneloop_service_jobs", "The scraping key's tenant's fine-tuning jobs by status", ["status"],
+                   registry=registry)
     adapters_g = Gauge("tuneloop_service_adapters_loaded", "Adapters loaded on the shared bases", registry=registry)
     adapter_bytes_g = Gauge("tuneloop_service_adapter_bytes", "Memory held by loaded adapters", registry=registry)
     answered = Counter("tuneloop_service_completions_total", "Completions answered, by outcome", ["outcome"],
                        registry=registry)
 
     def tenant(request: Request, role: str = "user") -> str:
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        presented = presented.strip()
-        if scheme.lower() != "bearer" or not presented:
-            raise Denied(401, "this service needs an API key. Fix: send 'Authorization: Bearer <key>' (the openai "
-                         "SDK's api_key); make one with `tuneloop keys create --tenant NAME`")
-        key = keys.find(presented)
-        if key is None:
-            raise Denied(401, "the API key is not valid on this service. Fix: use a key printed by "
-                         "`tuneloop keys create` for this service's --home")
-        if not key.can(role):
-            raise Denied(403, f"key {key.name!r} (tenant {key.tenant}) has role {key.role}; {request.url.path} "
-                         "needs an admin key. Fix: `tuneloop keys create --tenant T --role admin`")
-        return key.tenant
+        return authorize(request, keys.find, role, missing="this service needs an API key. Fix: send "
+                         "'Authorization: Bearer <key>' (the openai SDK's api_key); make one with `tuneloop keys "
+                         "create --tenant NAME`", unknown="the API key is not valid on this service. Fix: use a key "
+                         "printed by `tuneloop keys create` for this service's --home",
+                         admin_fix="`tuneloop keys create --tenant T --role admin`").tenant
 
     async def body(request: Request) -> dict:
         raw = await request.body()
@@ -258,22 +248,9 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
             outcome = "ok"
         finally:
             answered.labels(outcome).inc()
-        rid, created = uuid.uuid4().hex[:24], int(time.time())
-        cid = f"chatcmpl-{rid}" if kind == "chat" else f"cmpl-{rid}"
+        data = completion_object(kind, model, out)
         asked = payload if kind == "chat" else [{"role": "user", "content": payload}]
-        await run_in_threadpool(service.completions.keep, t, cid, model, asked, out.text)  # feedback needs the id only
-        usage = {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
-                 "total_tokens": out.prompt_tokens + out.completion_tokens}
-        if kind == "chat":
-            data = {"id": cid, "object": "chat.completion", "created": created, "model": model,
-                    "system_fingerprint": None, "usage": usage,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
-                                 "logprobs": None, "finish_reason": out.finish_reason}]}
-        else:
-            data = {"id": cid, "object": "text_completion", "created": created, "model": model,
-                    "system_fingerprint": None, "usage": usage,
-                    "choices": [{"index": 0, "text": out.text, "logprobs": None,
-                                 "finish_reason": out.finish_reason}]}
+        await run_in_threadpool(service.completions.keep, t, data["id"], model, asked, out.text)  # feedback: by id
         return JSONResponse(data, headers=headers)
 
     @app.post("/v1/chat/completions")
@@ -300,8 +277,7 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
 
     @app.get("/metrics")
     async def metrics(request: Request):
-        tenant(request, "admin")
-        counts = await run_in_threadpool(_job_counts)
+        counts = await run_in_threadpool(_job_counts, tenant(request, "admin"))  # its own tenant's jobs only
         jobs_g.clear()  # a status no job has any more is gone, not stuck at its last count
         for status, n in counts.items():
             jobs_g.labels(status).set(n)
@@ -311,8 +287,10 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
             adapter_bytes_g.set(st.get("bytes_used", 0))
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    def _job_counts() -> dict:
+    def _job_counts(t: str) -> dict:
         from collections import Counter
+
+        return Counter(service._observe(r)[0] for r in service.jobs.list(t))
 
         return Counter(service._observe(r)[0] for t in service.jobs.tenants() for r in service.jobs.list(t))
 

@@ -51,6 +51,7 @@ class Service:
         self.url: str | None = None  # where the promote flow reaches this service (set by `tuneloop up`)
         self.tokens = P.Tokens()  # the keys of promotions in flight
         self.served: Callable[[str], str | None] | None = None  # tenant -> version live in its slots
+        self._adapters: dict[tuple[str, str], Path] = {}  # verified adapter folders (see _adapter)
 
     def feedback(self, tenant: str, body: dict) -> dict:
         return record_feedback(self.feedback_store, self.completions, tenant, body,
@@ -402,24 +403,38 @@ class Service:
             v = reg.champion()
             if v is None:
                 raise NotFound(model, "model", "GET /v1/models", "model")
-            return v.manifest["base_model"], (f"{tenant}:{v.id}", reg.adapter_for(v.id))
+            return v.manifest["base_model"], (f"{tenant}:{v.id}", self._adapter(tenant, v.id))
         name, _, ckpt = model.partition(":ckpt-step-")
-        for record in self.jobs.list(tenant):
-            if record.get("fine_tuned_model_name") != name or record.get("deleted"):
-                continue
-            if ckpt:
-                path = J.checkpoint_adapter(record, self.home.runs, int(ckpt)) if STEP.fullmatch(ckpt) else None
-                if path is None:
-                    break
+        record = self._job_of_model(tenant, name)  # one record read: the name ends with the job's id
+        if record is not None and ckpt:
+            path = J.checkpoint_adapter(record, self.home.runs, int(ckpt)) if STEP.fullmatch(ckpt) else None
+            if path is not None:
                 return record["base_model"], (model, path)
-            record = self.jobs.get(tenant, record["id"])
+        elif record is not None:
             if record.get("status") != "succeeded":
                 self._object(record)
                 record = self.jobs.get(tenant, record["id"])
             if record.get("status") == "succeeded" and record.get("version"):
-                return record["base_model"], (model, self.registry(tenant).adapter_for(record["version"]))
-            break
+                return record["base_model"], (model, self._adapter(tenant, record["version"]))
         raise NotFound(model, "model", "GET /v1/models", "model")
+
+    def _job_of_model(self, tenant: str, name: str) -> dict | None:
+        """The tenant's not-deleted job whose fine-tuned model is `name` (J.fine_tuned_name's shape)."""
+        if not name.startswith("ft:"):
+            return None
+        try:
+            record = self.jobs.get(tenant, J.JOB_PREFIX + name.rsplit(":", 1)[-1])
+        except NotFound:
+            return None
+        return record if record.get("fine_tuned_model_name") == name and not record.get("deleted") else None
+
+    def _adapter(self, tenant: str, version: str) -> Path:
+        """A registry version's adapter folder, its files' sha256 checked on first use (a version is written
+        once and never changed, so a request does not hash the adapter again)."""
+        key = (tenant, version)
+        if key not in self._adapters:
+            self._adapters[key] = Path(self.registry(tenant).adapter_for(version))
+        return self._adapters[key]
 
     def tenant_bases(self, tenant: str) -> list[str]:
         """The service's bases, and every base this tenant's jobs trained."""

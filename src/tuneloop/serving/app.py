@@ -247,16 +247,9 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
                 raise Denied(401, "admin routes need the server's admin token. Fix: send 'Authorization: Bearer "
                              "<token>' with the server's TUNELOOP_ADMIN_TOKEN")
             return tenants[None]
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        presented = presented.strip()
-        if scheme.lower() != "bearer" or not presented:
-            raise Denied(401, "this server needs an API key. Fix: send 'Authorization: Bearer <key>'")
-        key = keys.find(presented)
-        if key is None:
-            raise Denied(401, "the API key is not valid on this server. Fix: use a key from the server's keys file")
-        if not key.can(role):
-            raise Denied(403, f"key {key.name!r} (tenant {key.tenant}) has role {key.role}; {request.url.path} "
-                         "needs an admin key. Fix: use an admin key of this tenant")
+        key = authorize(request, keys.find, role, missing="this server needs an API key. Fix: send "
+                        "'Authorization: Bearer <key>'", unknown="the API key is not valid on this server. Fix: use "
+                        "a key from the server's keys file", admin_fix="use an admin key of this tenant")
         return tenants[key.tenant]
 
     async def _json(request: Request) -> dict:
@@ -302,20 +295,7 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
             if slot is not None:
                 m.requests.labels(slot, version, outcome).inc()
                 m.latency.labels(slot).observe(time.perf_counter() - t0)
-        rid, created = uuid.uuid4().hex[:24], int(time.time())
-        usage = {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
-                 "total_tokens": out.prompt_tokens + out.completion_tokens}
-        if kind == "chat":
-            data: dict[str, Any] = {
-                "id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created, "model": model,
-                "system_fingerprint": f"{slot}-{version}",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
-                             "logprobs": None, "finish_reason": out.finish_reason}], "usage": usage}
-        else:
-            data = {"id": f"cmpl-{rid}", "object": "text_completion", "created": created, "model": model,
-                    "system_fingerprint": f"{slot}-{version}",
-                    "choices": [{"index": 0, "text": out.text, "logprobs": None,
-                                 "finish_reason": out.finish_reason}], "usage": usage}
+        data = completion_object(kind, model, out, f"{slot}-{version}")
         return JSONResponse(data, headers={"x-tuneloop-slot": slot, "x-tuneloop-version": version})
 
     async def _inject(s, faults: dict, out) -> None:
@@ -480,6 +460,39 @@ def add_admin_routes(app: FastAPI, admin, loader_for, read_json, allow_faults: b
         t = admin(request)
         t.router.rollback()
         return _status(t)
+
+
+def completion_object(kind: str, model: str, out, fingerprint: str | None = None) -> dict[str, Any]:
+    """OpenAI's `chat.completion` (kind "chat") or `text_completion` object for one generated answer `out`
+    (an engine's Completion), with a new id: `chatcmpl-<24 hex>` or `cmpl-<24 hex>`."""
+    rid, created = uuid.uuid4().hex[:24], int(time.time())
+    usage = {"prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+             "total_tokens": out.prompt_tokens + out.completion_tokens}
+    if kind == "chat":
+        return {"id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created, "model": model,
+                "system_fingerprint": fingerprint,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": out.text},
+                             "logprobs": None, "finish_reason": out.finish_reason}], "usage": usage}
+    return {"id": f"cmpl-{rid}", "object": "text_completion", "created": created, "model": model,
+            "system_fingerprint": fingerprint,
+            "choices": [{"index": 0, "text": out.text, "logprobs": None, "finish_reason": out.finish_reason}],
+            "usage": usage}
+
+
+def authorize(request: Request, find, role: str, *, missing: str, unknown: str, admin_fix: str):
+    """The Key that the request's `Authorization: Bearer <key>` presents, if `find` knows it and it has `role`;
+    else Denied: 401 with `missing` or `unknown`, 403 naming the key's role and `admin_fix`."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        raise Denied(401, missing)
+    key = find(presented)
+    if key is None:
+        raise Denied(401, unknown)
+    if not key.can(role):
+        raise Denied(403, f"key {key.name!r} (tenant {key.tenant}) has role {key.role}; {request.url.path} needs an "
+                     f"admin key. Fix: {admin_fix}")
+    return key
 
 
 def _token_ok(request: Request, token: str) -> bool:
