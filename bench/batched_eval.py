@@ -54,7 +54,7 @@ def adapter_path(arg: str) -> str | None:
         return None
     if arg != "auto":
         return arg
-    demo = ROOT / ".tuneloop" / "demo" / "registry" / "versions" / "v1" / "adapter"
+    demo = ROOT / ".tuneloop" / "demo" / "registry" / "tenants" / "demo" / "versions" / "v1" / "adapter"
     return str(demo) if (demo / "adapter_config.json").exists() else None
 
 

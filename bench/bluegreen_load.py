@@ -43,7 +43,7 @@ def free_port() -> int:
 
 
 def make_registry(tmp: Path) -> str:
-    demo = ROOT / ".tuneloop" / "demo" / "registry"
+    demo = ROOT / ".tuneloop" / "demo" / "registry" / "tenants" / "demo"  # the demo tenant's registry
     if (demo / "versions" / "v2" / "manifest.json").exists():
         return str(demo)
     from peft import LoraConfig, get_peft_model

@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     # folder-only TUNELOOP_REGISTRY_DIR, which still works. S3 endpoint: the standard AWS_ENDPOINT_URL.
     registry: str | None = None
     registry_dir: Path | None = None
+    # Each tenant's registry (its own versions and aliases: champion, production): a folder or s3 URL with
+    # `{tenant}` in it (TUNELOOP_TENANT_REGISTRY), for every tenant. Unset: the tenant `default` uses the
+    # registry above and any other tenant `<registry>/tenants/<tenant>`.
+    tenant_registry: str | None = None
     models_dir: Path | None = None
     runs_dir: Path | None = None
     datasets_dir: Path | None = None

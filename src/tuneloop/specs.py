@@ -142,6 +142,7 @@ class RunBenchmarksSpec(_Spec):
     """run-benchmarks: score a registry version (default: the champion) on general benchmarks."""
 
     version: str = Field("champion", description="version id or alias")
+    tenant: Tenant = Field("default", description="whose registry the version is read from")
     benchmarks: BenchmarkSpec = BenchmarkSpec(names=("arc_easy", "boolq", "hellaswag", "piqa", "siqa", "triviaqa"))
 
 
@@ -185,10 +186,23 @@ class TrainerSpec(_Spec):
         return self
 
 
+class FeedbackDataSpec(_Spec):
+    """How a tenant's feedback store becomes its dataset: which items are negative, the window, the guard."""
+
+    min_score: float = Field(0.7, ge=0, le=1, description="scores below are negative")
+    min_rating: float = Field(3, ge=1, le=5, description="ratings below are negative")
+    window_days: float = Field(30, gt=0)
+    max_user_share: float = Field(0.10, gt=0, le=1)
+    license: str = "unspecified"
+
+
 class RetrainSpec(_Spec):
     """Everything `retrain` needs: data, base model, training, eval and gate."""
 
-    data: Path = Field(description="feedback file: OpenAI chat JSONL or prompt/completion JSONL")
+    data: Path | None = Field(None, description="feedback file (OpenAI chat JSONL or prompt/completion JSONL) or "
+                              "dataset folder; unset: the tenant's feedback dataset, built from the feedback "
+                              "store when the run starts (so it holds every item stored before it)")
+    feedback: FeedbackDataSpec = Field(FeedbackDataSpec(), description="how that dataset is built (data unset)")
     eval_data: Path | None = Field(None, description="fixed held-out set; default: the data's test split")
     base_model: str = Field(TINY_BASE, description="Hugging Face id or local path; the default is built locally")
     tenant: Tenant = "default"
@@ -216,6 +230,25 @@ class RetrainSpec(_Spec):
         return self
 
 
+def for_tenant(spec, tenant: str | None):
+    """`spec` for `tenant` (a flow run started for one tenant, e.g. by an event that names it); None or "": as
+    it is.
+    A retrain whose data is a fixed file stays with the tenant that file belongs to: training another tenant
+    on it would mix their data, so that is refused."""
+    if not tenant or tenant == spec.tenant:  # ("": a trigger whose event named no tenant)
+        return spec
+    if getattr(spec, "data", None) is not None:
+        raise SpecError(f"tenant={tenant!r}", f"this retrain's data is fixed to {spec.data} (tenant "
+                        f"{spec.tenant!r}); a run for another tenant must not train on it",
+                        "leave spec.data unset in the deployment: each tenant's run then builds its own "
+                        "dataset from the feedback store")
+    try:
+        return type(spec).model_validate(spec.model_dump() | {"tenant": tenant})
+    except ValidationError as e:
+        raise SpecError(f"tenant={tenant!r}", e.errors()[0]["msg"], "use the tenant's name as its keys carry it") \
+            from None
+
+
 class SourceSpec(_Spec):
     """One feedback source. Secrets are never in a spec: it names the environment variables that hold them."""
 
@@ -239,15 +272,10 @@ class SourceSpec(_Spec):
         return self
 
 
-class CollectSpec(_Spec):
-    """collect-feedback: sources in, new items stored, events out, datasets rebuilt."""
+class CollectSpec(FeedbackDataSpec):
+    """collect-feedback: sources in, new items stored, datasets rebuilt, then events out."""
 
     sources: list[SourceSpec] = Field(min_length=1)
-    min_score: float = Field(0.7, ge=0, le=1, description="scores below are negative")
-    min_rating: float = Field(3, ge=1, le=5, description="ratings below are negative")
-    window_days: float = Field(30, gt=0)
-    max_user_share: float = Field(0.10, gt=0, le=1)
-    license: str = "unspecified"
     emit_events: bool = True
     build_datasets: bool = True
 
@@ -271,6 +299,7 @@ class PromoteSpec(_Spec):
     server: str = Field("http://127.0.0.1:8000", description="the tuneloop serving endpoint (no /v1)")
     admin_token_env: str = Field("TUNELOOP_ADMIN_TOKEN", description="env var holding the admin token, if any")
     version: str = Field("champion", description="registry version or alias to promote")
+    tenant: Tenant = Field("default", description="whose registry the version and alias are in")
     alias: str = Field("production", description="registry alias moved to the version once it is live")
     mode: Literal["blue-green", "canary"] = "blue-green"
     canary_steps: list[float] = Field(default_factory=lambda: [0.10, 0.25, 0.50, 0.75, 1.0])

@@ -111,11 +111,12 @@ def stack(tmp_path_factory, tiny_base):
         yield s
 
 
-def assert_registry_consistent(state: Path, expected_versions: int) -> dict:
+def assert_registry_consistent(state: Path, expected_versions: int, tenant: str = "demo") -> dict:
+    """`tenant`'s registry (the demo preset's tenant, unless named)."""
     from tuneloop.registry import Registry
     from tuneloop.registry.store import LocalStore
 
-    reg = Registry(LocalStore(state / "registry"))
+    reg = Registry(LocalStore(state / "registry" / "tenants" / tenant if tenant != "default" else state / "registry"))
     versions = reg.list()
     assert len(versions) == expected_versions, [v.id for v in versions]  # no duplicate, none lost
     for v in versions:
@@ -195,7 +196,7 @@ def test_promote_killed_after_the_switch_finishes_on_retry_while_serving_answers
     assert mark.exists() and "CRASHED" in states and run["state_type"] == "COMPLETED", states
     status = httpx.get(srv.url + "/admin/status").json()
     assert status["slots"][status["live"]]["version"] == "v2"
-    aliases = assert_registry_consistent(state_dir, expected_versions=3)
+    aliases = assert_registry_consistent(state_dir, expected_versions=3, tenant="default")
     assert aliases["production"] == "v2"  # the retry finished the alias move the killed run never made
     assert not failures and answered[0] > 10, failures  # serving kept answering through crash and retry
     actions = [(e["action"], e["version"]) for e in registry.audit_log() if e["action"] in ("switch", "alias")]

@@ -1,5 +1,7 @@
-"""End to end on a real Prefect server and process worker: negative feedback collected from a JSONL
-file emits events; the retrain deployment's trigger (threshold lowered) starts a retrain that completes."""
+"""End to end on a real Prefect server and process worker: negative feedback collected from a JSONL file emits
+events naming their tenant; the retrain deployment's trigger (threshold lowered) counts each tenant's negatives
+apart and starts a retrain for the tenant that reached it, which trains on that tenant's feedback only and
+registers in that tenant's registry."""
 
 from __future__ import annotations
 
@@ -25,16 +27,23 @@ PLANTED = "sk-proj-" + secrets.token_hex(16)
 PLANTED_ENV_ONLY = "lsv2_sk_" + secrets.token_hex(16)
 
 
-def feedback_file(path: Path, demo_rows: list[dict]) -> None:
+def feedback_rows(demo_rows: list[dict], tenant: str, negatives: range, positives: int = 40) -> list[dict]:
     rows = []
-    for i, r in enumerate(demo_rows[:40]):
+    for i, r in enumerate(demo_rows[:positives]):
         prompt = r["messages"][1]["content"] + (f" (my key is {PLANTED})" if i % 10 == 0 else "")
-        rows.append({"prompt": prompt, "response": r["messages"][2]["content"],
-                     "score": 0.9, "user": f"u{i}", "timestamp": "2026-11-20T10:00:00Z"})
-    for i, r in enumerate(demo_rows[40:40 + NEGATIVES]):
+        rows.append({"prompt": prompt, "response": r["messages"][2]["content"], "tenant": tenant,
+                     "score": 0.9, "user": f"{tenant}-u{i}", "timestamp": "2026-11-20T10:00:00Z"})
+    for i in negatives:
+        r = demo_rows[40 + i]
         rows.append({"prompt": r["messages"][1]["content"], "response": f"no idea, try {PLANTED}", "score": 0.2,
-                     "correction": r["messages"][2]["content"], "user": f"n{i}", "timestamp": "2026-11-21T10:00:00Z"})
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                     "correction": r["messages"][2]["content"], "user": f"{tenant}-n{i}", "tenant": tenant,
+                     "timestamp": "2026-11-21T10:00:00Z"})
+    return rows
+
+
+def append(path: Path, rows: list[dict]) -> None:
+    with path.open("a") as fh:
+        fh.write("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def files_holding(root: Path, needles: list[str], skip: set[Path]) -> list[str]:
@@ -47,11 +56,14 @@ def files_holding(root: Path, needles: list[str], skip: set[Path]) -> list[str]:
     return found
 
 
-def test_negative_feedback_triggers_a_retrain_that_completes(tiny_base, demo_files, tmp_path):
+def test_each_tenants_negatives_trigger_a_retrain_for_that_tenant(tiny_base, demo_files, tmp_path):
     state = tmp_path / "state"
     incoming = tmp_path / "incoming.jsonl"
     demo_rows = [json.loads(line) for line in demo_files["feedback"].read_text().splitlines()]
-    feedback_file(incoming, demo_rows)
+    # first round: tenant b one negative short of the threshold, tenant a one negative: NEGATIVES events in
+    # all, and no tenant at its threshold, so nothing may start (a shared count would start a retrain here)
+    append(incoming, feedback_rows(demo_rows, "b", range(NEGATIVES - 1), positives=20)
+           + feedback_rows(demo_rows, "a", range(1)))
 
     # prefect.yaml as shipped, with the trigger threshold lowered and paths pointed at this test
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
@@ -62,10 +74,11 @@ def test_negative_feedback_triggers_a_retrain_that_completes(tiny_base, demo_fil
     negative_trigger["threshold"] = NEGATIVES
     for d in (collect, retrain):
         d.pop("schedules", None)
+    assert negative_trigger["for_each"] == ["tuneloop.tenant"] and "data" not in retrain["parameters"]["spec"]
     collect["parameters"]["spec"]["sources"] = [{"kind": "file", "path": str(incoming), "tenant": "default"}]
     collect["parameters"]["spec"]["window_days"] = 3650
-    retrain["parameters"]["spec"] = {
-        "data": str(state / "feedback" / "datasets" / "default"), "tenant": "default",
+    retrain["parameters"]["spec"] = {  # as shipped, no data: a run builds its tenant's dataset from the store
+        "tenant": "default", "feedback": {"window_days": 3650},
         "dataset": {"test_split": 0.2, "validation_split": 0.1},
         "training": {"epochs": 1, "max_steps": 4, "batch_size": 8, "gradient_accumulation": 1, "save_every": 2},
         "evaluation": {"max_new_tokens": 4},
@@ -92,7 +105,28 @@ def test_negative_feedback_triggers_a_retrain_that_completes(tiny_base, demo_fil
         run_cli(["--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)], env, ROOT)
         worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "cpu-pool", "--type", "process"],
                        worker_log, env, ROOT)
-        run_cli(["deployment", "run", "collect-feedback/collect-feedback"], env, ROOT)
+        def runs_of(name: str) -> list[dict]:
+            return prefect_call("POST", f"{api}/flow_runs/filter", json={
+                "deployments": {"name": {"any_": [name]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 10}).json()
+
+        def collect_once() -> None:
+            done = len(runs_of("collect-feedback"))
+            run_cli(["deployment", "run", "collect-feedback/collect-feedback"], env, ROOT)
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                states = [r["state_type"] for r in runs_of("collect-feedback")]
+                if len(states) > done and states[0] in ("COMPLETED", "FAILED", "CRASHED"):
+                    assert states[0] == "COMPLETED", f"collect-feedback ended {states[0]}\n{worker_log.read_text()[-4000:]}"
+                    return
+                time.sleep(1)
+            pytest.fail("collect-feedback did not finish")
+
+        collect_once()
+        time.sleep(15)  # the trigger acts within a second or two of an event
+        assert runs_of("retrain") == [], "a retrain started though no tenant reached the threshold"
+        # second round: tenant a's other negatives arrive; a reaches the threshold, b is still one short
+        append(incoming, feedback_rows(demo_rows, "a", range(1, NEGATIVES), positives=0))
+        collect_once()
 
         deadline, runs = time.monotonic() + 420, {}
         while time.monotonic() < deadline:
@@ -112,12 +146,25 @@ def test_negative_feedback_triggers_a_retrain_that_completes(tiny_base, demo_fil
         assert runs["collect-feedback"][0][0] == "COMPLETED"
         events = prefect_call("POST", f"{api}/events/filter", json={
             "filter": {"event": {"name": ["tuneloop.feedback.negative"]}}, "limit": 50}).json()
-        assert events["total"] == NEGATIVES
+        assert events["total"] == 2 * NEGATIVES - 1
+        datasets = state / "feedback" / "datasets"
+        for ev in events["events"]:  # each event names a dataset already built with its item in it
+            tenant = ev["resource"]["tuneloop.tenant"]
+            assert (datasets / tenant / ev["payload"]["dataset"][:16] / "datasheet.json").exists(), ev
+        time.sleep(5)
+        assert len(runs["retrain"]) == 1 and len(runs_of("retrain")) == 1, runs  # for a only
         retrain_run = prefect_call("GET", f"{api}/flow_runs/{runs['retrain'][0][1]}").json()
         assert retrain_run["created_by"] is None or retrain_run["created_by"].get("type") != "USER"
-        sheet = json.loads(next((state / "feedback" / "datasets" / "default").glob("*/datasheet.json")).read_text())
-        assert sheet["counts"]["negatives"] == NEGATIVES and sheet["tenant"] == "default"
-        assert (state / "registry" / "versions" / "v1" / "manifest.json").exists()
+        assert retrain_run["parameters"]["tenant"] == "a"
+        manifest = json.loads((state / "registry" / "tenants" / "a" / "versions" / "v1" / "manifest.json").read_text())
+        assert manifest["tenant"] == "a"
+        trained_on = next(p for p in (datasets / "a").glob("*/datasheet.json")
+                          if p.parent.name == Path(manifest["spec"]["data"]).name)
+        sheet = json.loads(trained_on.read_text())
+        assert sheet["counts"]["negatives"] == NEGATIVES and sheet["tenant"] == "a"
+        assert sheet["counts"]["items_in_window"] == 40 + NEGATIVES  # none of b's feedback
+        assert not (state / "registry" / "tenants" / "b").exists()  # b: no run, nothing registered
+        assert not (state / "registry" / "versions").exists()  # the default tenant: untouched
         logs = prefect_call("POST", f"{api}/logs/filter", json={"limit": 200}).json()
         assert len(logs) > 20 and not [lg["message"] for lg in logs if PLANTED in lg["message"]]
     finally:
@@ -126,4 +173,4 @@ def test_negative_feedback_triggers_a_retrain_that_completes(tiny_base, demo_fil
         stop(server)
     leaked = files_holding(tmp_path, [PLANTED, PLANTED_ENV_ONLY], skip={incoming, prefect_file})
     assert not leaked, f"planted secrets found in: {leaked}"
-    assert (state / "registry" / "versions" / "v1" / "report").exists()  # the greps covered the reports too
+    assert (state / "registry" / "tenants" / "a" / "versions" / "v1" / "report").exists()  # the greps covered it

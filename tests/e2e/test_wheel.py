@@ -140,9 +140,9 @@ def test_installed_retrain_runs_outside_the_checkout(wheel, tmp_path, tiny_base,
     run = subprocess.run([bin_dir / "tuneloop", "retrain", "--config", "small.yaml", "--data", str(demo_files["feedback"])],
                          cwd=work, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    manifest = json.loads((state / "registry" / "versions" / "v1" / "manifest.json").read_text())
+    manifest = json.loads((state / "registry" / "tenants" / "demo" / "versions" / "v1" / "manifest.json").read_text())
     assert manifest["base_model"] == "tuneloop/tiny-llama"
     assert (state / "prefect").is_dir()  # Prefect's database went under the new state folder
-    listed = subprocess.run([bin_dir / "tuneloop", "registry", "list"], cwd=work, env=env, capture_output=True,
+    listed = subprocess.run([bin_dir / "tuneloop", "registry", "--tenant", "demo", "list"], cwd=work, env=env, capture_output=True,
                             text=True, check=True).stdout
     assert listed.startswith("v1 ")

@@ -62,7 +62,7 @@ def test_promotes_good_feedback_then_rejects_corrupted(retrain, tiny_base, demo_
     assert set(two["decision"]["guarded"]) == {"arc_easy", "triviaqa"}
     assert any(c["check"].startswith("arc_easy regression") for c in two["decision"]["checks"])
 
-    reg = open_registry()
+    reg = open_registry(tenant="demo")  # the demo preset's tenant: its own registry
     assert reg.aliases() == {"champion": "v1"}
     v1, v2 = reg.get("v1"), reg.get("v2")
     assert v1.status["status"] == "champion" and v2.status["status"] == "rejected"
@@ -94,7 +94,7 @@ def test_bad_data_fails_the_flow_and_writes_nothing(retrain, tiny_base, state_di
     with pytest.raises(DataValidationError) as err:
         retrain(validate_spec({"data": str(bad), "dataset": {"test_split": 0.2}}))
     assert "line 13" in str(err.value) and "line 14" in str(err.value)
-    reg = open_registry()
+    reg = open_registry(tenant="demo")  # the demo preset's tenant: its own registry
     assert reg.ids() == [] and reg.aliases() == {}
     assert not (state_dir / "datasets").exists()
     assert not (state_dir / "runs").exists()

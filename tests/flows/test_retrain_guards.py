@@ -56,7 +56,7 @@ def test_duration_cap_stops_the_run_cancelled_and_its_checkpoint_resumes(retrain
     assert len(runs) == 1 and list((runs[0] / "checkpoints").iterdir())
     from tuneloop.registry import open_registry
 
-    assert open_registry().ids() == []  # a cancelled run registers nothing
+    assert open_registry(tenant="demo").ids() == []  # a cancelled run registers nothing
 
     out = retrain(spec_for(demo_files, GuardSpec(), hardware="a100-large"))
     assert out["training"]["resumed_from_step"] is not None and out["training"]["resumed_from_step"] >= 1

@@ -64,7 +64,7 @@ def test_retrain_on_an_autotrain_service_gates_and_registers_the_adapter_it_send
     # the adapter came home and went through the same gate as a local one: it is the trained demo adapter
     assert out["promoted"] is True and out["version"] == "v1", out["decision"]["reason"]
     assert out["candidate_metrics"]["exact_match"] > out["incumbent_metrics"]["exact_match"]
-    manifest = open_registry().get("v1").manifest
+    manifest = open_registry(tenant="demo").get("v1").manifest
     assert manifest["training"]["trainer"] == "autotrain" and manifest["training"]["job_id"].startswith("at-")
     assert "hf_secret_for_test" not in json.dumps(manifest)
 

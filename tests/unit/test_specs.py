@@ -91,7 +91,7 @@ def test_defaults_are_the_documented_production_ones():
     ({"data": "f.jsonl", "training": {"quantization": "8bit"}}, "training.quantization"),
     ({"data": "f.jsonl", "gate": {"min_metrics": {"acc": 0.5}}}, "gate.min_metrics"),
     ({"data": "f.jsonl", "trainig": {}}, "trainig"),
-    ({}, "data"),
+    ({"feedback": {"min_score": 2}}, "feedback.min_score"),
 ])
 def test_bad_spec_names_the_field_and_the_fix(raw, field):
     with pytest.raises(SpecError) as e:

@@ -121,7 +121,7 @@ def cmd_registry(args) -> int:
     from tuneloop.registry.query import parse_tag, render_lineage
     from tuneloop.reports.tables import text_table
 
-    reg = open_registry(args.registry)
+    reg = open_registry(args.registry, tenant=args.tenant)
     cmd = args.registry_cmd
     if cmd in ("list", "search"):
         rows = reg.list() if cmd == "list" else reg.search(
@@ -273,7 +273,11 @@ def cmd_demo(args) -> int:
     print(f"run 2 {two['version']}: {two['decision']['reason']}")
     print(f"\nexact match {one['incumbent_metrics']['exact_match']:.3f} -> {one['candidate_metrics']['exact_match']:.3f} "
           f"(+{gain:.3f}); training {one['training']['tokens_per_s']:,.0f} tokens/s")
-    print(f"\nregistry:     {demo_dir / 'registry'}   (tuneloop registry list, with TUNELOOP_STATE_DIR={demo_dir})")
+    from tuneloop.registry import registry_location
+
+    tenant = preset["tenant"]
+    print(f"\nregistry:     {registry_location(tenant)}   (tuneloop registry --tenant {tenant} list, with "
+          f"TUNELOOP_STATE_DIR={demo_dir})")
     print(f"tensorboard:  tensorboard --logdir {demo_dir / 'runs'}")
     print(f"prefect UI:   make ui  (PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start), "
           "then http://127.0.0.1:4200")
@@ -337,11 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Versions with manifests, sha256 checksums, lineage, tags and aliases, in a "
                        "folder or on S3 (endpoint: AWS_ENDPOINT_URL). --registry goes before or after the command.")
     r.add_argument("--registry", help=where)
+    tenant_help = "whose registry (default: default); without --registry, each tenant's own: " \
+                  "TUNELOOP_TENANT_REGISTRY, or the configured registry's tenants/NAME"
+    r.add_argument("--tenant", default="default", help=tenant_help)
     rs = r.add_subparsers(dest="registry_cmd", required=True)
 
     def rcmd(name: str, **kw):
         sp = rs.add_parser(name, **kw)
         sp.add_argument("--registry", default=argparse.SUPPRESS, help=where)
+        sp.add_argument("--tenant", default=argparse.SUPPRESS, help=tenant_help)
         return sp
 
     rcmd("list", help="every version with status, aliases and exact match")

@@ -57,7 +57,8 @@ def _prefect_errors():
 
 
 class PrefectRuns:
-    """A job's flow runs on Prefect: runs of the retrain deployment, each tenant's own registry in its env."""
+    """A job's flow runs on Prefect: runs of the retrain deployment; a run finds its tenant's registry by the
+    spec's tenant and TUNELOOP_TENANT_REGISTRY."""
 
     def __init__(self, home: Home, deployment: str = RETRAIN):
         self.home, self.deployment = home, deployment
@@ -65,7 +66,7 @@ class PrefectRuns:
     def submit(self, job_id: str, tenant: str, spec: dict) -> str:
         from prefect.deployments import run_deployment
 
-        env = HEARTBEAT_ENV | {"TUNELOOP_REGISTRY": str(self.home.registry(tenant))}
+        env = HEARTBEAT_ENV | {"TUNELOOP_TENANT_REGISTRY": self.home.tenant_registry}
         with _prefect_errors():
             fr = run_deployment(self.deployment, parameters={"spec": spec}, timeout=0, flow_run_name=job_id,
                                 tags=["tuneloop-service", f"tenant:{tenant}", f"job:{job_id}"],
@@ -76,7 +77,7 @@ class PrefectRuns:
         """A run of the promote deployment against the service's own slots; `token` is the promotion's key."""
         from prefect.deployments import run_deployment
 
-        env = {"TUNELOOP_REGISTRY": str(self.home.registry(tenant)), spec["admin_token_env"]: token}
+        env = {"TUNELOOP_TENANT_REGISTRY": self.home.tenant_registry, spec["admin_token_env"]: token}
         with _prefect_errors():
             fr = run_deployment(PROMOTE, parameters={"spec": spec}, timeout=0, flow_run_name=promotion_id,
                                 tags=["tuneloop-service", f"tenant:{tenant}", f"promotion:{promotion_id}"],

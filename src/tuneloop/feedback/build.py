@@ -131,3 +131,10 @@ def build_feedback_dataset(
         publish_dir(tmp, final)
     atomic_write_text(tenant_dir / LATEST, final.name + "\n")
     return FeedbackDataset(version, tenant, final, json.loads((final / DATASHEET).read_text()), counts)
+
+
+def load_feedback_dataset(folder: str | Path) -> FeedbackDataset:
+    """A dataset version written by build_feedback_dataset, read back from its folder."""
+    folder = Path(folder)
+    sheet = json.loads((folder / DATASHEET).read_text())
+    return FeedbackDataset(sheet["version"], sheet["tenant"], folder, sheet, sheet["counts"])

@@ -12,14 +12,16 @@ from tuneloop.tasks import run_logger
 from tuneloop.tasks.drift import emit_drift_event, load_reference_prompts, load_window, run_drift_test
 from tuneloop.runtime.fsutil import atomic_write_text
 from tuneloop.settings import get_settings
-from tuneloop.specs import DriftSpec
+from tuneloop.specs import DriftSpec, for_tenant
 
 MIN_PROMPTS = 20
 
 
 @flow(name="detect-drift")
-def detect_drift(spec: DriftSpec) -> dict:
+def detect_drift(spec: DriftSpec, tenant: str | None = None) -> dict:
+    """`tenant`: test this tenant's prompts against its own champion instead of the spec's tenant."""
     logger = run_logger()
+    spec = for_tenant(spec, tenant)
     reference, where = load_reference_prompts(spec)
     window = load_window(spec)
     if len(reference) < MIN_PROMPTS or len(window["prompts"]) < MIN_PROMPTS:

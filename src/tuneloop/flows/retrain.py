@@ -12,10 +12,11 @@ from tuneloop.evals.suite import guarded_pairs
 from tuneloop.gate.rubrics import judge_evidence
 from tuneloop.models.base import device
 from tuneloop.reports.summary import benchmark_rows, build_summary
-from tuneloop.specs import RetrainSpec
-from tuneloop.tasks import run_logger, start_attempt
+from tuneloop.specs import RetrainSpec, for_tenant
+from tuneloop.tasks import run_id, run_logger, start_attempt
 from tuneloop.tasks.benchmarks import run_benchmark_suite
 from tuneloop.tasks.data import prepare_base_model, validate_dataset
+from tuneloop.tasks.feedback import dataset_for_run
 from tuneloop.tasks.evaluation import decide_promotion, evaluate_adapter, judge_answers
 from tuneloop.tasks.guards import await_approval, estimate_job, hand_off_to_gpu
 from tuneloop.tasks.registry import apply_decision, publish_report, register_candidate, resolve_incumbent
@@ -25,12 +26,17 @@ from tuneloop.tasks.training import train_adapter
 # A persisted result makes Prefect refuse to move a Completed run back to Scheduled, so a late retry
 # automation (deployments/automations.yaml) can never re-run a run that has finished.
 @flow(name="retrain", persist_result=True, result_serializer="json")
-def retrain(spec: RetrainSpec) -> dict:
+def retrain(spec: RetrainSpec, tenant: str | None = None) -> dict:
+    """`tenant`: retrain for this tenant instead of the spec's (the deployment's triggers pass the tenant
+    their event names; its data must then be unset: the tenant's own feedback dataset)."""
     logger = run_logger()
+    spec = for_tenant(spec, tenant)
     if (stale := start_attempt(logger)) is not None:
         return stale
     if placement(spec.hardware, device() == "cuda") == "gpu-pool" and (handed := hand_off_to_gpu(spec)):
         return handed  # None: the spec names no GPU deployment, so it trains here on CPU
+    if spec.data is None:  # the tenant's feedback, as stored when this run started
+        spec = spec.model_copy(update={"data": dataset_for_run(spec.tenant, spec.feedback, run_id()).path})
     base = prepare_base_model(spec.base_model)
     dataset = validate_dataset(spec, base)  # raises before anything is written if the data is bad
 
@@ -40,7 +46,7 @@ def retrain(spec: RetrainSpec) -> dict:
     if (stop := await_approval(check(est, spec.guards), spec.guards.approval_timeout_s, logger)) is not None:
         return Cancelled(message=stop)
 
-    champion = resolve_incumbent(base)  # read before training: the gate's compare-and-swap expects it
+    champion = resolve_incumbent(base, spec.tenant)  # read before training: the gate's compare-and-swap expects it
     trained = train_adapter(spec, base, opaque(dataset), RunGuard(spec.guards, est))
     if trained.stopped_reason:
         return Cancelled(message=f"stopped by the guard at step {trained.steps}/{trained.total_steps}: "
@@ -59,7 +65,7 @@ def retrain(spec: RetrainSpec) -> dict:
                                 guarded=opaque(guarded_pairs(cand_bench, inc_bench)), extra_checks=rubric_checks)
 
     version = register_candidate(
-        trained.adapter_dir, base_model=spec.base_model, dataset_version=dataset.version,
+        trained.adapter_dir, spec.tenant, base_model=spec.base_model, dataset_version=dataset.version,
         parent_version=champion.version, spec=spec.model_dump(mode="json"), metrics=candidate.metrics,
         extra={"tenant": spec.tenant, "job": spec.job, "training": {k: v for k, v in trained.to_json().items() if k != "history"},
                "incumbent": {"label": incumbent.label, "metrics": incumbent.metrics},
@@ -71,7 +77,7 @@ def retrain(spec: RetrainSpec) -> dict:
         version.id, decision, candidate, incumbent, trained.to_json(), dataset, trained.run_dir,
         benchmarks=benchmark_rows(cand_bench, inc_bench, decision, spec.gate.confidence,
                                   spec.gate.bootstrap_resamples),
-        judge=judge_summary, confidence=spec.gate.confidence, resamples=spec.gate.bootstrap_resamples)))
+        judge=judge_summary, confidence=spec.gate.confidence, resamples=spec.gate.bootstrap_resamples)), spec.tenant)
     logger.info(decision.reason)
     return summary.to_json()
 

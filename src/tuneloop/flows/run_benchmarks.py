@@ -15,9 +15,9 @@ from tuneloop.tasks.registry import fetch_adapter, read_version
 @flow(name="run-benchmarks")
 def run_benchmarks(spec: RunBenchmarksSpec) -> dict:
     logger = run_logger()
-    version, _ = read_version(spec.version)
+    version, _ = read_version(spec.version, tenant=spec.tenant)
     base = prepare_base_model(version.manifest["base_model"])
-    results = run_benchmark_suite(spec.benchmarks, base, fetch_adapter(version.id), training_quantization(version))
-    recorded = keep_benchmarks(version, results)
+    results = run_benchmark_suite(spec.benchmarks, base, fetch_adapter(version.id, spec.tenant), training_quantization(version))
+    recorded = keep_benchmarks(version, results, spec.tenant)
     logger.info(f"{version.id}: " + ", ".join(f"{r['benchmark']} {r['score']:.3f}" for r in recorded.rows))
     return recorded.to_json()

@@ -17,7 +17,9 @@ from tuneloop.errors import UserError
 from tuneloop.registry.core import ALIASES, Registry, Version
 from tuneloop.registry.store import LocalStore
 
-__all__ = ["ALIASES", "LocalRegistry", "Version", "open_registry"]
+__all__ = ["ALIASES", "DEFAULT_TENANT", "LocalRegistry", "Version", "open_registry", "registry_location"]
+
+DEFAULT_TENANT = "default"
 
 
 class LocalRegistry(Registry):
@@ -29,12 +31,40 @@ class LocalRegistry(Registry):
         self.versions_dir = self.root / "versions"
 
 
-def open_registry(location: str | Path | None = None) -> Registry:
-    """The registry at `location` (a folder or s3://bucket/prefix), else the configured one:
-    `TUNELOOP_REGISTRY` (folder or URL), then `TUNELOOP_REGISTRY_DIR`, then `<state folder>/registry`."""
+def registry_location(tenant: str = DEFAULT_TENANT) -> str | Path:
+    """Where `tenant`'s registry is: every tenant has its own versions and aliases, so one tenant's gate
+    compares with its own champion and can never move another's. `TUNELOOP_TENANT_REGISTRY` (a folder or
+    URL holding `{tenant}`) when set; else the configured registry (`TUNELOOP_REGISTRY`, then
+    `TUNELOOP_REGISTRY_DIR`, then `<state folder>/registry`) for `default`, and its `tenants/<tenant>` for
+    any other tenant."""
+    from tuneloop.runtime.safety import safe_name
     from tuneloop.settings import get_settings
 
     settings = get_settings()
+    safe_name(tenant, "tenant name")
+    if settings.tenant_registry:
+        if "{tenant}" not in settings.tenant_registry:
+            raise UserError(f"TUNELOOP_TENANT_REGISTRY={settings.tenant_registry!r}",
+                            "must hold {tenant}, where each tenant's name goes",
+                            "e.g. TUNELOOP_TENANT_REGISTRY=s3://models/registry/{tenant}, or unset it")
+        return settings.tenant_registry.replace("{tenant}", tenant)
+    root = settings.registry or settings.registry_dir
+    if tenant == DEFAULT_TENANT:
+        return root
+    if str(root).startswith("s3://"):
+        return f"{str(root).rstrip('/')}/tenants/{tenant}"
+    return Path(root) / "tenants" / tenant
+
+
+def open_registry(location: str | Path | None = None, *, tenant: str | None = None) -> Registry:
+    """The registry at `location` (a folder or s3://bucket/prefix), else `tenant`'s (`registry_location`),
+    else the configured one: `TUNELOOP_REGISTRY` (folder or URL), then `TUNELOOP_REGISTRY_DIR`, then
+    `<state folder>/registry`."""
+    from tuneloop.settings import get_settings
+
+    settings = get_settings()
+    if location is None and tenant is not None:
+        location = registry_location(tenant)
     location = location or settings.registry or settings.registry_dir
     text = str(location)
     if text.startswith("s3://"):

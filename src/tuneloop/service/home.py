@@ -56,11 +56,17 @@ class Home:
         return self.root / "prefect"
 
     def registry(self, tenant: str) -> Path:
-        return self.root / "registries" / safe_name(tenant, "tenant name")
+        return Path(self.tenant_registry.replace("{tenant}", safe_name(tenant, "tenant name")))
+
+    @property
+    def tenant_registry(self) -> str:
+        """Every tenant's registry, as TUNELOOP_TENANT_REGISTRY: the flow runs find a tenant's by its name."""
+        return str(self.root / "registries" / "{tenant}")
 
     def env(self) -> dict[str, str]:
         """The environment every process of the service runs with (the worker and its flow runs too):
         tuneloop's state and Prefect's under this home. Base models go to $TUNELOOP_MODELS_DIR when it is set
         (one cache of big downloads for every home), else under the home."""
         return {"TUNELOOP_STATE_DIR": str(self.root), "TUNELOOP_RUNS_DIR": str(self.runs),
+                "TUNELOOP_TENANT_REGISTRY": self.tenant_registry,
                 "PREFECT_HOME": str(self.prefect)}

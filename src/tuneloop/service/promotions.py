@@ -29,7 +29,7 @@ FIELDS = ("mode", "canary_steps", "step_seconds", "watch_seconds", "smoke_file",
 FINAL = ("promoted", "rolled-back", "rejected", "already-live", "failed", "cancelled")
 
 
-def parse(body: dict, server: str, version: str, smoke_path: str | None) -> PromoteSpec:
+def parse(body: dict, server: str, version: str, smoke_path: str | None, tenant: str = "default") -> PromoteSpec:
     """The request's fields as a PromoteSpec aimed at `server`; a bad field is a 400 that names it."""
     if not isinstance(body, dict):
         raise BadField("body", body, "is a JSON object", "send e.g. {\"mode\": \"canary\"}")
@@ -38,7 +38,7 @@ def parse(body: dict, server: str, version: str, smoke_path: str | None) -> Prom
         raise BadField(unknown[0], body[unknown[0]], f"a promotion takes {', '.join(FIELDS)}", "drop the others")
     fields = {k: v for k, v in body.items() if k != "smoke_file" and v is not None}
     try:
-        return PromoteSpec(server=server, version=version, alias="production", admin_token_env=TOKEN_ENV,
+        return PromoteSpec(server=server, version=version, tenant=tenant, alias="production", admin_token_env=TOKEN_ENV,
                            smoke=smoke_path, **fields)
     except ValidationError as e:
         err = e.errors()[0]

@@ -336,7 +336,7 @@ class Service:
                                 "give a chat-format file")
             smoke = str(self.files.path(tenant, f["id"]))
         version = job["tuneloop"]["version"]
-        spec = P.parse(body, self.url, version, smoke)
+        spec = P.parse(body, self.url, version, smoke, tenant)
         pid = J.new_id(P.PREFIX)
 
         def reserve(r):  # one promotion at a time per job

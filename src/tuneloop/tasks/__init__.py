@@ -49,6 +49,13 @@ def _flush_api_logs(timeout: float) -> None:
     t.join(timeout)
 
 
+def run_id() -> str | None:
+    """This flow run's id (None outside a flow run)."""
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None
+
+
 def start_attempt(logger):
     """At the start of a retrain or promote attempt: refuse a crash loop, end a stale reschedule at once, and
     watch for this attempt being superseded (the rules: `tuneloop.runtime.attempts`).

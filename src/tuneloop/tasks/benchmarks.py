@@ -10,7 +10,7 @@ from prefect.artifacts import create_table_artifact
 from tuneloop.tasks import TASK_DEFAULTS
 from tuneloop.evals.records import Recorded, record_benchmarks
 from tuneloop.evals.suite import BenchmarkResult, evaluate_benchmarks
-from tuneloop.registry import Version, open_registry
+from tuneloop.registry import DEFAULT_TENANT, Version, open_registry
 from tuneloop.specs import BenchmarkSpec
 
 
@@ -22,9 +22,9 @@ def run_benchmark_suite(spec: BenchmarkSpec, base_path: str, adapter_dir: Path |
 
 
 @task(name="record-benchmarks", **TASK_DEFAULTS)
-def keep_benchmarks(version: Version, results: dict[str, BenchmarkResult]) -> Recorded:
-    """The results go beside the version in the registry; people read them as a table artifact."""
-    recorded = record_benchmarks(open_registry(), version, results)
+def keep_benchmarks(version: Version, results: dict[str, BenchmarkResult], tenant: str = DEFAULT_TENANT) -> Recorded:
+    """The results go beside the version in `tenant`'s registry; people read them as a table artifact."""
+    recorded = record_benchmarks(open_registry(tenant=tenant), version, results)
     create_table_artifact(recorded.rows, key=f"benchmarks-{version.id}",
                           description=f"general benchmarks of {version.id}")
     return recorded

@@ -24,7 +24,7 @@ def load_reference_prompts(spec: DriftSpec) -> tuple[list[str], str]:
     """The spec's reference file, else the training split the champion was trained on."""
     if spec.reference is not None:
         return prompts_from_jsonl(spec.reference), str(spec.reference)
-    champion = open_registry().champion()
+    champion = open_registry(tenant=spec.tenant).champion()
     if champion is None:
         return [], "no champion yet"
     path = get_settings().datasets_dir / champion.manifest["dataset_version"][:16] / "train.jsonl"

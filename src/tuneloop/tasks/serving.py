@@ -8,7 +8,7 @@ import time
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tuneloop.registry import open_registry
+from tuneloop.registry import DEFAULT_TENANT, open_registry
 from tuneloop.runtime import observability as metrics
 from tuneloop.serving import rollout
 from tuneloop.serving.outcome import Outcome
@@ -22,14 +22,15 @@ def admin_for(spec: PromoteSpec) -> ServingAdmin:
 
 
 @task(name="read-alias", **TASK_DEFAULTS)
-def read_alias(alias: str) -> str | None:
-    return open_registry().aliases().get(alias)
+def read_alias(alias: str, tenant: str = DEFAULT_TENANT) -> str | None:
+    return open_registry(tenant=tenant).aliases().get(alias)
 
 
 @task(name="move-alias", **TASK_DEFAULTS)
-def move_alias(alias: str, version: str, expected: str | None) -> None:
-    """Compare-and-swap: ConflictError (not retried) if `alias` no longer points at `expected`."""
-    open_registry().set_alias(alias, version, expected=expected)
+def move_alias(alias: str, version: str, expected: str | None, tenant: str = DEFAULT_TENANT) -> None:
+    """Compare-and-swap in `tenant`'s registry: ConflictError (not retried) if `alias` no longer points at
+    `expected`."""
+    open_registry(tenant=tenant).set_alias(alias, version, expected=expected)
 
 
 @task(name="read-serving-status", **TASK_DEFAULTS)
@@ -67,7 +68,7 @@ def set_canary(spec: PromoteSpec, slot: str, weight: float) -> float:
 def switch_slot(spec: PromoteSpec, slot: str, version: str | None = None) -> float:
     admin_for(spec).switch(slot)
     if version is not None:
-        open_registry().record_event("switch", version, slot=slot, server=spec.server)
+        open_registry(tenant=spec.tenant).record_event("switch", version, slot=slot, server=spec.server)
     return time.time()
 
 
@@ -76,7 +77,7 @@ def roll_back(spec: PromoteSpec, version: str | None = None, reason: str = "", t
     """`tenant`: count the rollback in its metric (a breach; not a stale alias move, no model's fault)."""
     out = admin_for(spec).rollback()
     if version is not None:
-        open_registry().record_event("rollback", version, reason=reason, server=spec.server)
+        open_registry(tenant=spec.tenant).record_event("rollback", version, reason=reason, server=spec.server)
     if tenant is not None:
         metrics.record_rollback(tenant)
     return out
