@@ -32,7 +32,7 @@ def test_up_applies_module_entrypoints_that_load_the_same_flows(tmp_path, monkey
     home, workdir = Home.at(tmp_path / "home"), tmp_path / "elsewhere"
     home.root.mkdir()
     workdir.mkdir()
-    deployments, automations = _deployment_files(home, workdir)
+    deployments, automations = _deployment_files(home, workdir, threshold=7)
     assert automations.read_bytes() == (ROOT / "deployments" / "automations.yaml").read_bytes()
 
     config = yaml.safe_load(deployments.read_text())
@@ -42,8 +42,11 @@ def test_up_applies_module_entrypoints_that_load_the_same_flows(tmp_path, monkey
     monkeypatch.chdir(workdir)  # no src/ here: the flows come from the installed package
     for d in config["deployments"]:
         assert ":" not in d["entrypoint"] and d["entrypoint"].startswith("tuneloop.flows."), d["entrypoint"]
-        assert "schedules" not in d and "triggers" not in d
-        assert {k: v for k, v in d.items() if k != "entrypoint"} == \
+        assert "schedules" not in d
+        for got, want in zip(d.get("triggers", []), shipped[d["name"]].get("triggers", []), strict=True):
+            negatives = "tuneloop.feedback.negative" in want["expect"]
+            assert got == want | ({"threshold": 7} if negatives else {})  # the threshold set, the rest as shipped
+        assert {k: v for k, v in d.items() if k not in ("entrypoint", "triggers")} == \
             {k: v for k, v in shipped[d["name"]].items() if k not in ("entrypoint", "schedules", "triggers")}
         flow = load_flow_from_entrypoint(d["entrypoint"])
         assert isinstance(flow, Flow) and flow.fn.__name__ == shipped[d["name"]]["entrypoint"].rsplit(":", 1)[1]
@@ -68,3 +71,17 @@ def test_an_entrypoint_up_cannot_run_is_named(entrypoint, rule):
         _module_entrypoint("retrain", entrypoint)
     assert entrypoint in str(e.value) and "'retrain'" in str(e.value) and rule in str(e.value)
     assert "Fix:" in str(e.value)
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "ten", "2.5"])
+def test_a_bad_negatives_threshold_stops_up_naming_the_setting(raw, monkeypatch):
+    from tuneloop.cli.up import negatives_threshold
+    from tuneloop.errors import UserError
+
+    monkeypatch.setenv("TUNELOOP_NEGATIVES_THRESHOLD", raw)
+    with pytest.raises(UserError, match=r"TUNELOOP_NEGATIVES_THRESHOLD=.*whole number.*Fix:"):
+        negatives_threshold()
+    monkeypatch.setenv("TUNELOOP_NEGATIVES_THRESHOLD", "12")
+    assert negatives_threshold() == 12
+    monkeypatch.delenv("TUNELOOP_NEGATIVES_THRESHOLD")
+    assert negatives_threshold() == 0  # the shipped threshold

@@ -287,17 +287,32 @@ def _module_entrypoint(deployment: str, entrypoint: str) -> str:
     return ".".join(parts) + "." + m.group(2)
 
 
-def _deployment_files(home: Home, workdir: Path) -> tuple[Path, Path]:
+def negatives_threshold() -> int:
+    """TUNELOOP_NEGATIVES_THRESHOLD: how many negative feedback events of one tenant within a week start a
+    retrain for that tenant (default: the shipped prefect.yaml's, 100)."""
+    raw = os.environ.get("TUNELOOP_NEGATIVES_THRESHOLD", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) < 1:
+        raise UserError(f"TUNELOOP_NEGATIVES_THRESHOLD={raw!r}", "is a whole number of events, at least 1",
+                        "e.g. TUNELOOP_NEGATIVES_THRESHOLD=100, or unset it for the shipped default")
+    return int(raw)
+
+
+def _deployment_files(home: Home, workdir: Path, threshold: int = 0) -> tuple[Path, Path]:
     """The shipped prefect.yaml and automations.yaml as `up` applies them, written into the home. In
-    prefect.yaml: schedules and triggers left out (they run the default tenant's loop on files this service
-    does not have; the per-tenant loop wires its own), entrypoints as module paths and flow runs working in
-    `workdir` (where `up` was started: a relative path means the same folder to `up` and to its flow runs),
-    so the deployments run from an installed wheel as from a checkout."""
+    prefect.yaml: the triggers kept (each tenant's negatives start that tenant's retrain, `threshold` of them
+    when not 0; a new champion starts its promotion onto this service's slots), schedules left out (they
+    read feedback files and run drift checks this service does not have), entrypoints as module paths and
+    flow runs working in `workdir` (where `up` was started: a relative path means the same folder to `up`
+    and to its flow runs), so the deployments run from an installed wheel as from a checkout."""
     config = yaml.safe_load(_asset("prefect.yaml"))
     config["pull"] = [{"prefect.deployments.steps.set_working_directory": {"directory": str(workdir)}}]
     for d in config["deployments"]:
         d.pop("schedules", None)
-        d.pop("triggers", None)
+        for trigger in d.get("triggers", []):
+            if threshold and "tuneloop.feedback.negative" in trigger.get("expect", []):
+                trigger["threshold"] = threshold
         d["entrypoint"] = _module_entrypoint(d["name"], d["entrypoint"])
     deployments, automations = home.root / "prefect.yaml", home.root / "automations.yaml"
     deployments.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -356,6 +371,7 @@ def cmd_up(args) -> int:
     import uvicorn
 
     from tuneloop.service.api import create_service_app
+    from tuneloop.service.promotions import TOKEN_ENV, Tokens
     from tuneloop.service.service import Service
     from tuneloop.serving.adapters import AdapterPool
 
@@ -366,11 +382,14 @@ def cmd_up(args) -> int:
     _port_free(args.host, args.port)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what was started, even while starting
     workdir = Path.cwd()  # the flow runs' working directory, as `up`'s own
-    files = _deployment_files(home, workdir)  # before anything starts: a broken file stops `up` here
+    files = _deployment_files(home, workdir, negatives_threshold())  # a broken file or setting stops `up` here
     fingerprint = _fingerprint(*files)
+    url = f"http://{_loopback(args.host)}:{args.port}"  # where flow runs reach this service
+    tokens = Tokens()
+    # the loop key: promote runs started by the champion.changed trigger present it, naming their tenant
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")} | home.env() | {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "TUNELOOP_SERVER": os.environ.get("TUNELOOP_SERVER") or f"http://{args.host}:{args.port}"}
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TUNELOOP_SERVER": os.environ.get("TUNELOOP_SERVER") or url,
+        TOKEN_ENV: tokens.make_loop()}
     os.environ.update(home.env())
     started: list[subprocess.Popen] = []
     worker = None
@@ -396,8 +415,8 @@ def cmd_up(args) -> int:
                         logs / "worker.log", env | {"PREFECT_WORKER_QUERY_SECONDS": QUERY_SECONDS}, workdir)
         started.append(worker)
         runs = PrefectRuns(home)
-        service = Service(home, runs)
-        service.url = f"http://{_loopback(args.host)}:{args.port}"  # where the promote flow reaches the slots
+        service = Service(home, runs, tokens=tokens)
+        service.url = url  # where the promote flow reaches the slots
         for job in service.resume_orphans():
             print(f"resuming {job}: its run was in flight when the service stopped", flush=True)
         pool = AdapterPool(budget_bytes=int(args.adapter_budget_mb * 2**20))

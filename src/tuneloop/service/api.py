@@ -36,10 +36,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.concurrency import run_in_threadpool
 
 from tuneloop.serving import bodies
-from tuneloop.serving.app import add_admin_routes, add_error_handlers, authorize, completion_object
+from tuneloop.serving.app import Denied, add_admin_routes, add_error_handlers, authorize, completion_object
+from tuneloop.serving.rollout import TENANT_HEADER
 from tuneloop.serving.capacity import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_QUEUE, Admission
 from tuneloop.serving.keys import Key, KeyRing
 from tuneloop.service.errors import TooLarge
+from tuneloop.service.promotions import LOOP
 from tuneloop.service.service import Service
 from tuneloop.service.slots import CHAMPION, PINS, TenantSlots
 
@@ -52,9 +54,13 @@ class Keys:
     def __init__(self, path, also=None):
         self.path, self._seen, self._ring, self.also = path, None, None, also
 
-    def find(self, presented: str) -> Key | None:
+    def find(self, presented: str, loop_tenant: str | None = None) -> Key | None:
+        """`loop_tenant`: on the slots' admin routes, the tenant the loop key may act for (x-tuneloop-tenant)."""
         if self.also is not None and (key := self.also.find(presented)) is not None:
             return key  # a promotion's own key
+        if loop_tenant is not None and self.also is not None and \
+                (key := self.also.find_loop(presented, loop_tenant)) is not None:
+            return key
         try:
             stamp = self.path.stat().st_mtime_ns
         except FileNotFoundError:
@@ -101,12 +107,17 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
     answered = Counter("tuneloop_service_completions_total", "Completions answered, by outcome", ["outcome"],
                        registry=registry)
 
-    def tenant(request: Request, role: str = "user") -> str:
-        return authorize(request, keys.find, role, missing="this service needs an API key. Fix: send "
+    def tenant(request: Request, role: str = "user", loop: bool = False) -> str:
+        return caller(request, role, loop).tenant
+
+    def caller(request: Request, role: str = "user", loop: bool = False) -> Key:
+        """The request's key; `loop`: the loop key is accepted too, acting for the tenant it names."""
+        loop_tenant = request.headers.get(TENANT_HEADER) if loop else None
+        return authorize(request, lambda presented: keys.find(presented, loop_tenant), role, missing="this service needs an API key. Fix: send "
                          "'Authorization: Bearer <key>' (the openai SDK's api_key); make one with `tuneloop keys "
                          "create --tenant NAME`", unknown="the API key is not valid on this service. Fix: use a key "
                          "printed by `tuneloop keys create` for this service's --home",
-                         admin_fix="`tuneloop keys create --tenant T --role admin`").tenant
+                         admin_fix="`tuneloop keys create --tenant T --role admin`")
 
     async def body(request: Request) -> dict:
         raw = await request.body()
@@ -222,7 +233,8 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
 
     # -- inference ------------------------------------------------------------------------------------
     async def answer(request: Request, kind: str):
-        t = tenant(request)
+        key = caller(request, loop=True)  # the promote flow's probes of a tenant's slots come with the loop key
+        t = key.tenant
         b = await body(request)
         args = bodies.generation(b, kind)
         payload = bodies.messages(b) if kind == "chat" else bodies.prompt(b)
@@ -230,6 +242,10 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
         if not isinstance(model, str) or not model:
             raise bodies.BadField("model", model, "is required: one of GET /v1/models, a checkpoint id or "
                                   "'champion'", "send model")
+        if key.name == LOOP and model != CHAMPION and model not in PINS:
+            slot_models = ", ".join(sorted(PINS | {CHAMPION}))
+            raise Denied(401, f"the loop key asks the tenant's blue-green slots only ({slot_models}), not "
+                         f"{model!r}. Fix: use a tenant's key")
         outcome, headers = "error", {}
         try:
             if slots is not None and (model == CHAMPION or model in PINS):  # the tenant's blue-green slots
@@ -262,7 +278,8 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
         return await answer(request, "completion")
 
     if slots is not None:  # what the promote flow drives; an admin key reaches its own tenant's slots only
-        add_admin_routes(app, lambda request: slots.tenant(tenant(request, "admin"), manage=request.method != "GET"),
+        add_admin_routes(app, lambda request: slots.tenant(tenant(request, "admin", loop=True),
+                                                           manage=request.method != "GET"),
                          slots.loader, body)
 
     @app.post("/v1/feedback")

@@ -13,6 +13,7 @@ outcome (`promoted`, `rolled-back`, `rejected`, `already-live`) or `failed`.
 
 from __future__ import annotations
 
+import hmac
 import secrets
 import time
 
@@ -47,11 +48,32 @@ def parse(body: dict, server: str, version: str, smoke_path: str | None, tenant:
                        "fix the field (docs/openai-migration.md lists a promotion's fields)") from None
 
 
+LOOP = "loop"
+
+
 class Tokens:
-    """The keys made for promotions in flight: sha256 -> (tenant, promotion id); memory only."""
+    """The keys made for promotions in flight: sha256 -> (tenant, promotion id); memory only. And the loop
+    key (`make_loop`): what the promote runs that the champion.changed trigger starts (no request made them,
+    so no promotion key exists) present to reach the slots of the tenant they name."""
 
     def __init__(self):
         self._by_digest: dict[str, tuple[str, str]] = {}
+        self._loop: str | None = None
+
+    def make_loop(self) -> str:
+        """A new loop key (this process's life long); `tuneloop up` hands it to its worker's environment."""
+        token = "tll-" + secrets.token_urlsafe(32)
+        self._loop = hash_key(token)
+        return token
+
+    def find_loop(self, presented: str, tenant: str | None) -> Key | None:
+        """The loop key acting for `tenant` (None unless both are right)."""
+        from tuneloop.runtime.safety import is_safe_name
+
+        digest = hash_key(presented)
+        if self._loop is None or not hmac.compare_digest(digest, self._loop) or not is_safe_name(tenant):
+            return None
+        return Key(bytes.fromhex(digest), tenant, "admin", LOOP)
 
     def make(self, tenant: str, promotion: str) -> str:
         token = "tlp-" + secrets.token_urlsafe(32)

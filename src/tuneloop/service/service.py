@@ -42,14 +42,15 @@ class BadState(UserError):
 
 
 class Service:
-    def __init__(self, home: Home, runs: Runs | None = None, bases: tuple[str, ...] = (TINY_BASE,)):
+    def __init__(self, home: Home, runs: Runs | None = None, bases: tuple[str, ...] = (TINY_BASE,),
+                 tokens: P.Tokens | None = None):
         self.home, self.runs, self.bases = home, runs, bases
         self.files = FileStore(home.files)
         self.jobs = J.JobStore(home.jobs)
         self.completions = Completions(home.completions)
         self.feedback_store = FeedbackStore(home.root / "feedback")  # where collect-feedback keeps it
         self.url: str | None = None  # where the promote flow reaches this service (set by `tuneloop up`)
-        self.tokens = P.Tokens()  # the keys of promotions in flight
+        self.tokens = tokens or P.Tokens()  # the keys of promotions in flight, and the loop key
         self.served: Callable[[str], str | None] | None = None  # tenant -> version live in its slots
         self._adapters: dict[tuple[str, str], Path] = {}  # verified adapter folders (see _adapter)
 

@@ -48,6 +48,9 @@ class Check:
         return asdict(self)
 
 
+TENANT_HEADER = "x-tuneloop-tenant"
+
+
 class ServingAdmin(HttpClient):
     """Client of a tuneloop server's admin and OpenAI routes, with `HttpClient`'s retries.
 
@@ -57,8 +60,12 @@ class ServingAdmin(HttpClient):
     """
 
     def __init__(self, server: str, token: str | None = None, timeout: float = 120.0, *, max_retries: int = 2,
-                 backoff: float = 0.5, transport: httpx.BaseTransport | None = None):
-        headers = {"Authorization": f"Bearer {token}"} if token else None
+                 backoff: float = 0.5, transport: httpx.BaseTransport | None = None, tenant: str | None = None):
+        """`tenant`: sent as x-tuneloop-tenant, the tenant whose slots a service's loop key acts on (a
+        tenant's own admin key names its tenant itself; `tuneloop serve` has one tenant-less router)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if tenant:
+            headers[TENANT_HEADER] = tenant
         super().__init__(server, "the tuneloop server", headers=headers, timeout=timeout, max_retries=max_retries,
                          backoff=backoff, max_backoff=8.0, transport=transport)
         self.server = self.base_url

@@ -18,7 +18,7 @@ from tuneloop.tasks import TASK_DEFAULTS
 
 
 def admin_for(spec: PromoteSpec) -> ServingAdmin:
-    return ServingAdmin(spec.server, os.environ.get(spec.admin_token_env) or None)
+    return ServingAdmin(spec.server, os.environ.get(spec.admin_token_env) or None, tenant=spec.tenant)
 
 
 @task(name="read-alias", **TASK_DEFAULTS)
