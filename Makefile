@@ -22,8 +22,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/tuneloop demo
 
+# Two workers (pytest-xdist): most slow tests wait on a server, a worker or a process; TEST_WORKERS=1 runs serially.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # The inner loop: no training, no Prefect, no servers or processes (`slow` and its finer marks in pyproject.toml).
 test-fast: $(STAMP)

@@ -305,8 +305,19 @@ def fuzz_report():
     return record
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Under pytest-xdist, a worker hands its fuzz lines to the controller, which prints the report."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fuzz_lines"] = list(_FUZZ_LINES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):  # the controller, as each xdist worker ends
+    _FUZZ_LINES.extend(getattr(node, "workeroutput", {}).get("fuzz_lines", []))
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not _FUZZ_LINES:
+    if not _FUZZ_LINES or hasattr(config, "workeroutput"):
         return
     terminalreporter.section("fuzz report: inputs tried")
     for line in _FUZZ_LINES:
