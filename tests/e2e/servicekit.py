@@ -50,7 +50,8 @@ class Up:
             pytest.fail(f"tuneloop up did not stop on SIGTERM:\n{self.log.read_text()[-3000:]}")
 
     def prefect_api(self) -> str:
-        line = next(x for x in self.log.read_text().splitlines() if x.startswith("starting Prefect on "))
+        """The Prefect API of the latest start (a restart may find the previous port taken and pick another)."""
+        line = [x for x in self.log.read_text().splitlines() if x.startswith("starting Prefect on ")][-1]
         return line.split()[3]
 
     def key(self, tenant: str, role: str = "user") -> str:
