@@ -113,10 +113,11 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
     def caller(request: Request, role: str = "user", loop: bool = False) -> Key:
         """The request's key; `loop`: the loop key is accepted too, acting for the tenant it names."""
         loop_tenant = request.headers.get(TENANT_HEADER) if loop else None
-        return authorize(request, lambda presented: keys.find(presented, loop_tenant), role, missing="this service needs an API key. Fix: send "
-                         "'Authorization: Bearer <key>' (the openai SDK's api_key); make one with `tuneloop keys "
-                         "create --tenant NAME`", unknown="the API key is not valid on this service. Fix: use a key "
-                         "printed by `tuneloop keys create` for this service's --home",
+        return authorize(request, lambda presented: keys.find(presented, loop_tenant), role,
+                         missing="this service needs an API key. Fix: send 'Authorization: Bearer <key>' (the "
+                         "openai SDK's api_key); make one with `tuneloop keys create --tenant NAME`",
+                         unknown="the API key is not valid on this service. Fix: use a key printed by `tuneloop "
+                         "keys create` for this service's --home",
                          admin_fix="`tuneloop keys create --tenant T --role admin`")
 
     async def body(request: Request) -> dict:
@@ -242,13 +243,14 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
         if not isinstance(model, str) or not model:
             raise bodies.BadField("model", model, "is required: one of GET /v1/models, a checkpoint id or "
                                   "'champion'", "send model")
-        if key.name == LOOP and model != CHAMPION and model not in PINS:
+        on_slots = slots is not None and (model == CHAMPION or model in PINS)  # the tenant's blue-green slots
+        if key.name == LOOP and not on_slots:
             slot_models = ", ".join(sorted(PINS | {CHAMPION}))
             raise Denied(401, f"the loop key asks the tenant's blue-green slots only ({slot_models}), not "
                          f"{model!r}. Fix: use a tenant's key")
         outcome, headers = "error", {}
         try:
-            if slots is not None and (model == CHAMPION or model in PINS):  # the tenant's blue-green slots
+            if on_slots:
                 router, slot = await run_in_threadpool(slots.route, t, model)
                 async with admission.slot():
                     with router.serving(slot) as engine:  # counted in the slot's stats the promote flow reads
