@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     # `{tenant}` in it (TUNELOOP_TENANT_REGISTRY), for every tenant. Unset: the tenant `default` uses the
     # registry above and any other tenant `<registry>/tenants/<tenant>`.
     tenant_registry: str | None = None
+    # The state other machines need (datasets, feedback, checkpoints, smoke sets, reports), shared through an
+    # s3://bucket/prefix URL or a folder every machine mounts (TUNELOOP_STATE_STORE); see runtime/shared.py.
+    state_store: str | None = None
     models_dir: Path | None = None
     runs_dir: Path | None = None
     datasets_dir: Path | None = None

@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from tuneloop.tasks import run_logger
 from tuneloop.tasks.drift import emit_drift_event, load_reference_prompts, load_window, run_drift_test
 from tuneloop.runtime.fsutil import atomic_write_text
+from tuneloop.runtime import shared
 from tuneloop.settings import get_settings
 from tuneloop.specs import DriftSpec, for_tenant
 
@@ -34,6 +35,7 @@ def detect_drift(spec: DriftSpec, tenant: str | None = None) -> dict:
     path = get_settings().state_dir / "drift" / spec.tenant / f"drift-{stamp}.json"
     data = report.to_json() | {"reference_source": where, "tenant": spec.tenant, "window_days": spec.window_days}
     atomic_write_text(path, json.dumps(data, indent=2, default=str))
+    shared.push(path)
     fired = report.drifted or report.output_dropped
     verdict = ("DRIFT DETECTED" if report.drifted else "no prompt drift") + \
         ("; feedback scores dropped" if report.output_dropped else "")

@@ -14,6 +14,7 @@ from typing import Callable, Protocol
 
 from tuneloop.errors import UserError
 from tuneloop.feedback.store import FeedbackStore
+from tuneloop.runtime.shared import shared_state
 from tuneloop.service import jobs as J
 from tuneloop.service import promotions as P
 from tuneloop.service.errors import NotFound
@@ -48,7 +49,8 @@ class Service:
         self.files = FileStore(home.files)
         self.jobs = J.JobStore(home.jobs)
         self.completions = Completions(home.completions)
-        self.feedback_store = FeedbackStore(home.root / "feedback")  # where collect-feedback keeps it
+        # where collect-feedback keeps it; with TUNELOOP_STATE_STORE, also where other machines read it
+        self.feedback_store = FeedbackStore(home.root / "feedback", shared=shared_state())
         self.url: str | None = None  # where the promote flow reaches this service (set by `tuneloop up`)
         self.tokens = tokens or P.Tokens()  # the keys of promotions in flight, and the loop key
         self.served: Callable[[str], str | None] | None = None  # tenant -> version live in its slots

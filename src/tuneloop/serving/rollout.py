@@ -128,7 +128,11 @@ def read_smoke(path: str | Path, limit: int) -> list[SmokeItem]:
 def default_smoke_path(manifest: dict) -> Path:
     from tuneloop.settings import get_settings
 
+    from tuneloop.runtime import shared
+
     dv = manifest.get("dataset_version") or ""
+    if dv:
+        shared.pull(get_settings().datasets_dir / dv[:16], "datasheet.json")  # trained on another machine
     path = get_settings().datasets_dir / dv[:16] / "eval.jsonl"
     if not dv or not path.exists():
         raise UserError("smoke", f"no smoke set given and the version's evaluation rows ({path}) are not here",

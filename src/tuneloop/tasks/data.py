@@ -8,6 +8,8 @@ from tuneloop.tasks import TASK_DEFAULTS
 from tuneloop.models.base import load_tokenizer, resolve_base_model
 from tuneloop.models.chat import count_tokens
 from tuneloop.data import PreparedDataset, prepare_dataset
+from tuneloop.errors import DataValidationError
+from tuneloop.runtime import shared
 from tuneloop.runtime.faults import crash_point
 from tuneloop.settings import get_settings
 from tuneloop.specs import RetrainSpec
@@ -26,9 +28,15 @@ def validate_dataset(spec: RetrainSpec, base_path: str) -> PreparedDataset:
     settings = get_settings()
     tok = load_tokenizer(base_path)
     limit = spec.dataset.max_tokens or min(spec.training.max_seq_len, getattr(tok, "model_max_length", 10**9))
-    ds = prepare_dataset(spec.data, spec.dataset, eval_data=spec.eval_data, count_tokens=count_tokens(tok),
-                         max_tokens=limit, report_dir=settings.state_dir / "reports", tenant=spec.tenant)
+    try:
+        ds = prepare_dataset(spec.data, spec.dataset, eval_data=spec.eval_data, count_tokens=count_tokens(tok),
+                             max_tokens=limit, report_dir=settings.state_dir / "reports", tenant=spec.tenant)
+    except DataValidationError as e:
+        if e.report_path:
+            shared.push(e.report_path)  # the report is read where the run is watched, not on this machine
+        raise
     ds.save(settings.datasets_dir)
+    shared.push(ds.path, "datasheet.json")  # the drift reference and the promote's smoke set
     crash_point("validate")
     get_run_logger().info(f"dataset {ds.version[:16]}: {ds.manifest()['splits']}, {ds.stats}")
     return ds

@@ -13,6 +13,7 @@ from tuneloop.runtime import observability as metrics
 from tuneloop.drift.detect import DriftReport, detect_drift
 from tuneloop.feedback.window import prompts_from_jsonl, scores, split_window
 from tuneloop.registry import open_registry
+from tuneloop.runtime import shared
 from tuneloop.settings import get_settings
 from tuneloop.specs import DriftSpec
 
@@ -27,7 +28,9 @@ def load_reference_prompts(spec: DriftSpec) -> tuple[list[str], str]:
     champion = open_registry(tenant=spec.tenant).champion()
     if champion is None:
         return [], "no champion yet"
-    path = get_settings().datasets_dir / champion.manifest["dataset_version"][:16] / "train.jsonl"
+    folder = get_settings().datasets_dir / champion.manifest["dataset_version"][:16]
+    shared.pull(folder, "datasheet.json")  # trained on another machine: its dataset is in the shared state
+    path = folder / "train.jsonl"
     return prompts_from_jsonl(path), f"champion {champion.id} training data"
 
 

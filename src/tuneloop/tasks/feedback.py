@@ -12,6 +12,7 @@ from tuneloop.feedback.collect import CollectResult, collect
 from tuneloop.feedback.items import FeedbackPolicy
 from tuneloop.feedback.sources import make_source
 from tuneloop.feedback.store import FeedbackStore
+from tuneloop.runtime import shared
 from tuneloop.runtime.fsutil import atomic_write_text
 from tuneloop.settings import get_settings
 from tuneloop.specs import FeedbackDataSpec, SourceSpec
@@ -20,7 +21,7 @@ NEGATIVE_EVENT = "tuneloop.feedback.negative"
 
 
 def feedback_store() -> FeedbackStore:
-    return FeedbackStore(get_settings().state_dir / "feedback")
+    return FeedbackStore(get_settings().state_dir / "feedback", shared=shared.shared_state())
 
 
 @task(name="collect-source", **TASK_DEFAULTS)
@@ -58,15 +59,17 @@ def dataset_for_run(tenant: str, spec: FeedbackDataSpec, run_id: str | None) -> 
     checkpoint, whatever feedback arrived in between."""
     root = get_settings().state_dir / "feedback" / "datasets"
     pin = root / tenant / "runs" / f"{run_id}.txt" if run_id else None
-    if pin is not None and pin.exists():
+    if pin is not None and shared.pull(pin):  # (an attempt on another machine pinned it in the shared state)
         pinned = root / tenant / pin.read_text().strip()
-        if (pinned / "datasheet.json").exists():
+        if shared.pull(pinned, "datasheet.json"):
             return load_feedback_dataset(pinned)
     policy = FeedbackPolicy(min_score=spec.min_score, min_rating=spec.min_rating)
     ds = build_feedback_dataset(feedback_store().items(), root, tenant=tenant, window_days=spec.window_days,
                                 policy=policy, max_user_share=spec.max_user_share, license=spec.license)
+    shared.push(ds.path, "datasheet.json")
     if pin is not None:
         atomic_write_text(pin, ds.path.name + "\n")
+        shared.push(pin)
     get_run_logger().info(f"tenant {tenant}: dataset {ds.version[:16]} from the feedback store, {ds.counts}")
     return ds
 
