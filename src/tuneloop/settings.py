@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     # The state other machines need (datasets, feedback, checkpoints, smoke sets, reports), shared through an
     # s3://bucket/prefix URL or a folder every machine mounts (TUNELOOP_STATE_STORE); see runtime/shared.py.
     state_store: str | None = None
+    # Each tenant's fixed held-out set, a JSONL path with `{tenant}` in it (TUNELOOP_TENANT_EVAL; default
+    # <state folder>/eval/{tenant}.jsonl): when it exists, a retrain of that tenant without `eval_data`
+    # gates on it, so feedback can never move the yardstick it is measured with.
+    tenant_eval: str | None = None
     models_dir: Path | None = None
     runs_dir: Path | None = None
     datasets_dir: Path | None = None

@@ -256,6 +256,8 @@ class SourceSpec(_Spec):
     name: Annotated[str, _safe("source name")] | None = None
     tenant: Tenant = "default"
     path: Path | None = Field(None, description="file: JSONL or CSV")
+    missing_ok: bool = Field(False, description="file: a file that is not there (yet) is nothing new, not an "
+                             "error: a drop file other tools append to")
     project: str | None = Field(None, description="langsmith: project name")
     api_url: str | None = Field(None, description="langsmith API URL or langfuse host")
     feedback_key: str | None = Field(None, description="langsmith: only this feedback key")

@@ -130,3 +130,17 @@ def test_chat_rows_keep_the_conversation(tmp_path):
     (item,) = collect(FileSource(path), FeedbackStore(tmp_path / "store")).new
     assert item.messages == ({"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"})
     assert item.response == "hello" and item.tenant == "acme" and item.prompt == "hi"
+
+
+def test_a_drop_file_not_written_yet_is_nothing_new_and_its_rows_are_read_once_it_is(tmp_path):
+    drop = tmp_path / "incoming" / "feedback.jsonl"
+    store = FeedbackStore(tmp_path / "store")
+    with pytest.raises(FileNotFoundError, match=str(drop)):  # a named file that is not there: an error
+        collect(FileSource(drop), store)
+    result = collect(FileSource(drop, missing_ok=True), store)
+    assert result.new == [] and result.errors == []
+    drop.parent.mkdir()
+    drop.write_text(json.dumps({"prompt": "p", "response": "r", "score": 0.1, "tenant": "acme"}) + "\n")
+    result = collect(FileSource(drop, missing_ok=True), store)
+    assert [(i.tenant, i.response) for i in result.new] == [("acme", "r")]
+    assert collect(FileSource(drop, missing_ok=True), store).new == []

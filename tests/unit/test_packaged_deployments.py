@@ -42,12 +42,12 @@ def test_up_applies_module_entrypoints_that_load_the_same_flows(tmp_path, monkey
     monkeypatch.chdir(workdir)  # no src/ here: the flows come from the installed package
     for d in config["deployments"]:
         assert ":" not in d["entrypoint"] and d["entrypoint"].startswith("tuneloop.flows."), d["entrypoint"]
-        assert "schedules" not in d
+        assert "schedules" not in d and "pull" not in d  # the module needs no folder (retrain-gpu's is /app)
         for got, want in zip(d.get("triggers", []), shipped[d["name"]].get("triggers", []), strict=True):
             negatives = "tuneloop.feedback.negative" in want["expect"]
             assert got == want | ({"threshold": 7} if negatives else {})  # the threshold set, the rest as shipped
         assert {k: v for k, v in d.items() if k not in ("entrypoint", "triggers")} == \
-            {k: v for k, v in shipped[d["name"]].items() if k not in ("entrypoint", "schedules", "triggers")}
+            {k: v for k, v in shipped[d["name"]].items() if k not in ("entrypoint", "schedules", "triggers", "pull")}
         flow = load_flow_from_entrypoint(d["entrypoint"])
         assert isinstance(flow, Flow) and flow.fn.__name__ == shipped[d["name"]]["entrypoint"].rsplit(":", 1)[1]
 
@@ -85,3 +85,33 @@ def test_a_bad_negatives_threshold_stops_up_naming_the_setting(raw, monkeypatch)
     assert negatives_threshold() == 12
     monkeypatch.delenv("TUNELOOP_NEGATIVES_THRESHOLD")
     assert negatives_threshold() == 0  # the shipped threshold
+
+
+@pytest.mark.parametrize("raw", ["-5", "2", "ten", "1.5"])
+def test_a_bad_collect_cadence_stops_up_naming_the_setting(raw, monkeypatch):
+    from tuneloop.cli.up import collect_every
+
+    monkeypatch.setenv("TUNELOOP_COLLECT_EVERY", raw)
+    with pytest.raises(UserError) as e:
+        collect_every()
+    assert f"TUNELOOP_COLLECT_EVERY={raw!r}" in str(e.value) and "at least 5" in str(e.value)
+    monkeypatch.setenv("TUNELOOP_COLLECT_EVERY", "30")
+    assert collect_every() == 30
+    monkeypatch.delenv("TUNELOOP_COLLECT_EVERY")
+    assert collect_every() == 0
+
+
+def test_with_a_collect_cadence_up_reads_the_drop_file_on_that_schedule(tmp_path):
+    from tuneloop.cli.up import _deployment_files
+    from tuneloop.service.home import Home
+    from tuneloop.specs import CollectSpec
+
+    home = Home.at(tmp_path / "home")
+    home.root.mkdir()
+    off = yaml.safe_load(_deployment_files(home, tmp_path, every=0)[0].read_text())
+    assert all("schedules" not in d for d in off["deployments"])
+    on = {d["name"]: d for d in yaml.safe_load(_deployment_files(home, tmp_path, every=30)[0].read_text())["deployments"]}
+    assert on["collect-feedback"]["schedules"] == [{"interval": 30}]
+    assert all("schedules" not in d for n, d in on.items() if n != "collect-feedback")
+    spec = CollectSpec(**on["collect-feedback"]["parameters"]["spec"])
+    assert [(s.kind, s.path, s.missing_ok) for s in spec.sources] == [("file", home.incoming, True)]

@@ -157,3 +157,25 @@ def test_feedback_is_stored_nowhere_when_the_shared_write_fails(tmp_path):
     with pytest.raises(OSError):
         store.add([item(1)])
     assert store.items() == []  # the retry will add it, and share it
+
+
+def test_a_tenants_fixed_eval_set_is_found_here_or_in_the_shared_state(tmp_path, monkeypatch):
+    from tuneloop.tasks.data import tenant_eval_set
+
+    store = tmp_path / "store"
+    monkeypatch.setenv("TUNELOOP_STATE_DIR", str(tmp_path / "a"))
+    monkeypatch.setenv("TUNELOOP_STATE_STORE", str(store))
+    assert tenant_eval_set("acme") is None
+    golden = tmp_path / "a" / "eval" / "acme.jsonl"
+    golden.parent.mkdir(parents=True)
+    golden.write_text("{}\n")
+    assert tenant_eval_set("acme") == golden and tenant_eval_set("other") is None
+    machine(tmp_path, "a", store).push(golden)
+    monkeypatch.setenv("TUNELOOP_STATE_DIR", str(tmp_path / "b"))  # another machine: fetched from the store
+    assert tenant_eval_set("acme") == tmp_path / "b" / "eval" / "acme.jsonl"
+    assert (tmp_path / "b" / "eval" / "acme.jsonl").read_text() == "{}\n"
+    monkeypatch.setenv("TUNELOOP_TENANT_EVAL", str(tmp_path / "golden" / "{tenant}.jsonl"))
+    assert tenant_eval_set("acme") is None  # outside the shared folders: only a local copy counts
+    monkeypatch.setenv("TUNELOOP_TENANT_EVAL", str(tmp_path / "golden.jsonl"))
+    with pytest.raises(UserError, match=r"TUNELOOP_TENANT_EVAL=.*\{tenant\}"):
+        tenant_eval_set("acme")

@@ -299,17 +299,35 @@ def negatives_threshold() -> int:
     return int(raw)
 
 
-def _deployment_files(home: Home, workdir: Path, threshold: int = 0) -> tuple[Path, Path]:
+def collect_every() -> int:
+    """TUNELOOP_COLLECT_EVERY: seconds between collect-feedback runs that read the home's drop file
+    (`<home>/incoming/feedback.jsonl`); unset or 0, feedback arrives over POST /v1/feedback only."""
+    raw = os.environ.get("TUNELOOP_COLLECT_EVERY", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or 0 < int(raw) < 5:
+        raise UserError(f"TUNELOOP_COLLECT_EVERY={raw!r}", "is a whole number of seconds, at least 5 (0: off)",
+                        "e.g. TUNELOOP_COLLECT_EVERY=300, or unset it to take feedback over the API only")
+    return int(raw)
+
+
+def _deployment_files(home: Home, workdir: Path, threshold: int = 0, every: int = 0) -> tuple[Path, Path]:
     """The shipped prefect.yaml and automations.yaml as `up` applies them, written into the home. In
     prefect.yaml: the triggers kept (each tenant's negatives start that tenant's retrain, `threshold` of them
     when not 0; a new champion starts its promotion onto this service's slots), schedules left out (they
-    read feedback files and run drift checks this service does not have), entrypoints as module paths and
+    read feedback files and run drift checks this service does not have) but collect-feedback's when `every`
+    is not 0 (it then reads the home's drop file every `every` seconds), entrypoints as module paths and
     flow runs working in `workdir` (where `up` was started: a relative path means the same folder to `up`
     and to its flow runs), so the deployments run from an installed wheel as from a checkout."""
     config = yaml.safe_load(_asset("prefect.yaml"))
     config["pull"] = [{"prefect.deployments.steps.set_working_directory": {"directory": str(workdir)}}]
     for d in config["deployments"]:
         d.pop("schedules", None)
+        d.pop("pull", None)
+        if d["name"] == "collect-feedback" and every:  # the drop file, every `every` seconds
+            d["schedules"] = [{"interval": every}]
+            d["parameters"]["spec"]["sources"] = [{"kind": "file", "name": "incoming", "path": str(home.incoming),
+                                                   "missing_ok": True}]  # (an image's folder, retrain-gpu's: a module entrypoint needs only the package)
         for trigger in d.get("triggers", []):
             if threshold and "tuneloop.feedback.negative" in trigger.get("expect", []):
                 trigger["threshold"] = threshold
@@ -382,7 +400,8 @@ def cmd_up(args) -> int:
     _port_free(args.host, args.port)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what was started, even while starting
     workdir = Path.cwd()  # the flow runs' working directory, as `up`'s own
-    files = _deployment_files(home, workdir, negatives_threshold())  # a broken file or setting stops `up` here
+    every = collect_every()
+    files = _deployment_files(home, workdir, negatives_threshold(), every)  # a bad file or setting stops `up` here
     fingerprint = _fingerprint(*files)
     url = f"http://{_loopback(args.host)}:{args.port}"  # where flow runs reach this service
     tokens = Tokens()
@@ -421,6 +440,8 @@ def cmd_up(args) -> int:
             print(f"resuming {job}: its run was in flight when the service stopped", flush=True)
         pool = AdapterPool(budget_bytes=int(args.adapter_budget_mb * 2**20))
         app = create_service_app(service, pool, health=lambda: runs.health(worker))
+        if every:
+            print(f"collecting feedback appended to {home.incoming} every {every} s", flush=True)
         print(f"tuneloop is up in {time.perf_counter() - t0:.0f} s: http://{args.host}:{args.port}/v1 "
               f"(home {home.root}; keys: tuneloop keys create --tenant NAME --home {args.home})", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=10)

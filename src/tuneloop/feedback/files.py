@@ -98,9 +98,10 @@ def _messages(raw) -> list[dict]:
 
 
 class FileSource:
-    def __init__(self, path: str | Path, tenant: str = "default", name: str | None = None):
+    def __init__(self, path: str | Path, tenant: str = "default", name: str | None = None,
+                 missing_ok: bool = False):
         self.path = Path(path)
-        self.tenant = tenant
+        self.tenant, self.missing_ok = tenant, missing_ok
         self.name = name or f"file:{self.path.name}"
         self.last_errors: list[str] = []
 
@@ -206,6 +207,8 @@ class FileSource:
     def fetch(self, watermark: dict | None) -> tuple[list[FeedbackItem], dict]:
         self.last_errors = []
         if not self.path.exists():
+            if self.missing_ok:  # a drop file nobody has written yet: nothing new
+                return [], watermark or {"offset": 0, "head": _head_hash(b"", 0)}
             raise FileNotFoundError(f"feedback file {self.path} does not exist")
         data = self.path.read_bytes()
         offset = 0

@@ -25,7 +25,7 @@ def _secret(env: str, kind: str) -> str:
 
 def make_source(spec: SourceSpec) -> FeedbackSource:
     if spec.kind == "file":
-        return FileSource(spec.path, tenant=spec.tenant, name=spec.name)
+        return FileSource(spec.path, tenant=spec.tenant, name=spec.name, missing_ok=spec.missing_ok)
     if spec.kind == "langsmith":
         from tuneloop.feedback.langsmith import LangSmithSource
 

@@ -15,7 +15,7 @@ from tuneloop.reports.summary import benchmark_rows, build_summary
 from tuneloop.specs import RetrainSpec, for_tenant
 from tuneloop.tasks import run_id, run_logger, start_attempt
 from tuneloop.tasks.benchmarks import run_benchmark_suite
-from tuneloop.tasks.data import prepare_base_model, validate_dataset
+from tuneloop.tasks.data import prepare_base_model, tenant_eval_set, validate_dataset
 from tuneloop.tasks.feedback import dataset_for_run
 from tuneloop.tasks.evaluation import decide_promotion, evaluate_adapter, judge_answers
 from tuneloop.tasks.guards import await_approval, estimate_job, hand_off_to_gpu
@@ -37,6 +37,9 @@ def retrain(spec: RetrainSpec, tenant: str | None = None) -> dict:
         return handed  # None: the spec names no GPU deployment, so it trains here on CPU
     if spec.data is None:  # the tenant's feedback, as stored when this run started
         spec = spec.model_copy(update={"data": dataset_for_run(spec.tenant, spec.feedback, run_id()).path})
+    if spec.eval_data is None and (fixed := tenant_eval_set(spec.tenant)) is not None:
+        spec = spec.model_copy(update={"eval_data": fixed})  # the tenant's yardstick, not its feedback
+        logger.info(f"tenant {spec.tenant}: gating on its fixed held-out set {fixed}")
     base = prepare_base_model(spec.base_model)
     dataset = validate_dataset(spec, base)  # raises before anything is written if the data is bad
 

@@ -48,6 +48,12 @@ class Home:
         return self.root / "runs"
 
     @property
+    def incoming(self) -> Path:
+        """The drop file: feedback rows (JSONL, each naming its `tenant`) that other tools append to, read by
+        the collect-feedback schedule that TUNELOOP_COLLECT_EVERY turns on."""
+        return self.root / "incoming" / "feedback.jsonl"
+
+    @property
     def models(self) -> Path:
         return self.root / "models"
 

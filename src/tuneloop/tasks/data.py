@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import get_run_logger, task
 
 from tuneloop.tasks import TASK_DEFAULTS
 from tuneloop.models.base import load_tokenizer, resolve_base_model
 from tuneloop.models.chat import count_tokens
 from tuneloop.data import PreparedDataset, prepare_dataset
-from tuneloop.errors import DataValidationError
+from tuneloop.errors import DataValidationError, UserError
 from tuneloop.runtime import shared
+from tuneloop.runtime.safety import safe_name
 from tuneloop.runtime.faults import crash_point
 from tuneloop.settings import get_settings
 from tuneloop.specs import RetrainSpec
@@ -20,6 +23,21 @@ def prepare_base_model(name: str) -> str:
     """Resolve a hub id or path; build and cache the tiny base on first use."""
     logger = get_run_logger()
     return resolve_base_model(name, get_settings().models_dir, log=logger.info)
+
+
+def tenant_eval_set(tenant: str) -> Path | None:
+    """The tenant's fixed held-out set (TUNELOOP_TENANT_EVAL, else <state folder>/eval/<tenant>.jsonl), here
+    or in the shared state; None when the tenant has none."""
+    settings = get_settings()
+    pattern = settings.tenant_eval or str(settings.state_dir / "eval" / "{tenant}.jsonl")
+    if "{tenant}" not in pattern:
+        raise UserError(f"TUNELOOP_TENANT_EVAL={pattern!r}", "names every tenant's file, so it holds {tenant}",
+                        "e.g. TUNELOOP_TENANT_EVAL=/data/eval/{tenant}.jsonl")
+    path = Path(pattern.replace("{tenant}", safe_name(tenant, "tenant name"))).expanduser()
+    try:
+        return path if shared.pull(path) else None
+    except UserError:  # outside the shared folders: only this machine's copy
+        return path if path.exists() else None
 
 
 @task(name="validate-dataset", **TASK_DEFAULTS)
