@@ -32,7 +32,7 @@ def test_up_applies_module_entrypoints_that_load_the_same_flows(tmp_path, monkey
     home, workdir = Home.at(tmp_path / "home"), tmp_path / "elsewhere"
     home.root.mkdir()
     workdir.mkdir()
-    deployments, automations = _deployment_files(home, workdir, threshold=7)
+    deployments, automations = _deployment_files(home, workdir, threshold=7, window=3600)
     assert automations.read_bytes() == (ROOT / "deployments" / "automations.yaml").read_bytes()
 
     config = yaml.safe_load(deployments.read_text())
@@ -45,7 +45,8 @@ def test_up_applies_module_entrypoints_that_load_the_same_flows(tmp_path, monkey
         assert "schedules" not in d and "pull" not in d  # the module needs no folder (retrain-gpu's is /app)
         for got, want in zip(d.get("triggers", []), shipped[d["name"]].get("triggers", []), strict=True):
             negatives = "tuneloop.feedback.negative" in want["expect"]
-            assert got == want | ({"threshold": 7} if negatives else {})  # the threshold set, the rest as shipped
+            # the threshold and its window set, the rest as shipped
+            assert got == want | ({"threshold": 7, "within": 3600} if negatives else {})
         assert {k: v for k, v in d.items() if k not in ("entrypoint", "triggers")} == \
             {k: v for k, v in shipped[d["name"]].items() if k not in ("entrypoint", "schedules", "triggers", "pull")}
         flow = load_flow_from_entrypoint(d["entrypoint"])
@@ -115,3 +116,16 @@ def test_with_a_collect_cadence_up_reads_the_drop_file_on_that_schedule(tmp_path
     assert all("schedules" not in d for n, d in on.items() if n != "collect-feedback")
     spec = CollectSpec(**on["collect-feedback"]["parameters"]["spec"])
     assert [(s.kind, s.path, s.missing_ok) for s in spec.sources] == [("file", home.incoming, True)]
+
+
+@pytest.mark.parametrize("raw", ["59", "-3", "a week", "90.5"])
+def test_a_bad_negatives_window_stops_up_naming_the_setting(raw, monkeypatch):
+    from tuneloop.cli.up import negatives_window
+
+    monkeypatch.setenv("TUNELOOP_NEGATIVES_WINDOW", raw)
+    with pytest.raises(UserError, match=r"TUNELOOP_NEGATIVES_WINDOW=.*at least 60.*Fix:"):
+        negatives_window()
+    monkeypatch.setenv("TUNELOOP_NEGATIVES_WINDOW", "86400")
+    assert negatives_window() == 86400
+    monkeypatch.delenv("TUNELOOP_NEGATIVES_WINDOW")
+    assert negatives_window() == 0  # the shipped week

@@ -299,6 +299,20 @@ def negatives_threshold() -> int:
     return int(raw)
 
 
+def negatives_window() -> int:
+    """TUNELOOP_NEGATIVES_WINDOW: the seconds within which a tenant's negatives are counted toward the threshold
+    (default: the shipped prefect.yaml's, a week). Prefect's reactive trigger fires once the count is reached and
+    then counts afresh from the end of that window, so a tenant's negatives start at most one retrain per
+    window."""
+    raw = os.environ.get("TUNELOOP_NEGATIVES_WINDOW", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or int(raw) < 60:
+        raise UserError(f"TUNELOOP_NEGATIVES_WINDOW={raw!r}", "is a whole number of seconds, at least 60",
+                        "e.g. TUNELOOP_NEGATIVES_WINDOW=86400 (a day), or unset it for the shipped week")
+    return int(raw)
+
+
 def collect_every() -> int:
     """TUNELOOP_COLLECT_EVERY: seconds between collect-feedback runs that read the home's drop file
     (`<home>/incoming/feedback.jsonl`); unset or 0, feedback arrives over POST /v1/feedback only."""
@@ -311,10 +325,11 @@ def collect_every() -> int:
     return int(raw)
 
 
-def _deployment_files(home: Home, workdir: Path, threshold: int = 0, every: int = 0) -> tuple[Path, Path]:
+def _deployment_files(home: Home, workdir: Path, threshold: int = 0, every: int = 0,
+                      window: int = 0) -> tuple[Path, Path]:
     """The shipped prefect.yaml and automations.yaml as `up` applies them, written into the home. In
     prefect.yaml: the triggers kept (each tenant's negatives start that tenant's retrain, `threshold` of them
-    when not 0; a new champion starts its promotion onto this service's slots), schedules left out (they
+    within `window` seconds when not 0; a new champion starts its promotion onto this service's slots), schedules left out (they
     read feedback files and run drift checks this service does not have) but collect-feedback's when `every`
     is not 0 (it then reads the home's drop file every `every` seconds), entrypoints as module paths and
     flow runs working in `workdir` (where `up` was started: a relative path means the same folder to `up`
@@ -329,8 +344,9 @@ def _deployment_files(home: Home, workdir: Path, threshold: int = 0, every: int 
             d["parameters"]["spec"]["sources"] = [{"kind": "file", "name": "incoming", "path": str(home.incoming),
                                                    "missing_ok": True}]  # (an image's folder, retrain-gpu's: a module entrypoint needs only the package)
         for trigger in d.get("triggers", []):
-            if threshold and "tuneloop.feedback.negative" in trigger.get("expect", []):
-                trigger["threshold"] = threshold
+            if "tuneloop.feedback.negative" in trigger.get("expect", []):
+                trigger.update({"threshold": threshold} if threshold else {})
+                trigger.update({"within": window} if window else {})
         d["entrypoint"] = _module_entrypoint(d["name"], d["entrypoint"])
     deployments, automations = home.root / "prefect.yaml", home.root / "automations.yaml"
     deployments.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -401,7 +417,7 @@ def cmd_up(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what was started, even while starting
     workdir = Path.cwd()  # the flow runs' working directory, as `up`'s own
     every = collect_every()
-    files = _deployment_files(home, workdir, negatives_threshold(), every)  # a bad file or setting stops `up` here
+    files = _deployment_files(home, workdir, negatives_threshold(), every, negatives_window())  # a bad file or setting stops `up` here
     fingerprint = _fingerprint(*files)
     url = f"http://{_loopback(args.host)}:{args.port}"  # where flow runs reach this service
     tokens = Tokens()
