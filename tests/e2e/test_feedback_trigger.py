@@ -9,6 +9,7 @@ import json
 import os
 import secrets
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -121,8 +122,15 @@ def test_each_tenants_negatives_trigger_a_retrain_for_that_tenant(tiny_base, dem
                 time.sleep(1)
             pytest.fail("collect-feedback did not finish")
 
+        def negative_events() -> list[dict]:
+            return prefect_call("POST", f"{api}/events/filter", json={
+                "filter": {"event": {"name": ["tuneloop.feedback.negative"]}}, "limit": 50}).json()["events"]
+
         collect_once()
-        time.sleep(15)  # the trigger acts within a second or two of an event
+        deadline = time.monotonic() + 60  # events are stored a moment after the run that emitted them ends
+        while len(round_one := negative_events()) < NEGATIVES and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(round_one) == NEGATIVES, round_one
         assert runs_of("retrain") == [], "a retrain started though no tenant reached the threshold"
         # second round: tenant a's other negatives arrive; a reaches the threshold, b is still one short
         append(incoming, feedback_rows(demo_rows, "a", range(1, NEGATIVES), positives=0))
@@ -151,7 +159,27 @@ def test_each_tenants_negatives_trigger_a_retrain_for_that_tenant(tiny_base, dem
         for ev in events["events"]:  # each event names a dataset already built with its item in it
             tenant = ev["resource"]["tuneloop.tenant"]
             assert (datasets / tenant / ev["payload"]["dataset"][:16] / "datasheet.json").exists(), ev
-        time.sleep(5)
+        # No retrain was started by the first round's events, however late the trigger acted on them (instead of
+        # looking 15 s after that round): the event that triggered each run-deployment action is in the second
+        # round. Its action events are stored a moment after the run they created.
+        first_round = {e["id"] for e in round_one}
+        deadline, started_by = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:
+            actions = prefect_call("POST", f"{api}/events/filter", json={"filter": {
+                "event": {"name": ["prefect.automation.action.executed"]}}, "limit": 50}).json()["events"]
+            started_by = {r["prefect.resource.id"].removeprefix("prefect.flow-run."):
+                          [t["prefect.resource.id"].removeprefix("prefect.event.") for t in a["related"]
+                           if t.get("prefect.resource.role") == "triggering-event"]
+                          for a in actions for r in a["related"] if r.get("prefect.resource.role") == "flow-run"}
+            if runs["retrain"][0][1] in started_by:
+                break
+            time.sleep(0.5)
+        assert set(started_by) == {run_id for _, run_id in runs["retrain"]}, (started_by, runs)
+        assert all(ids and not set(ids) & first_round for ids in started_by.values()), (started_by, first_round)
+        # ...and none for b or a second one for a: look at least 20 s after the last negative event (the trigger
+        # acts within a second or two of an event; the retrain ran meanwhile, so this rarely waits)
+        last = max(datetime.fromisoformat(e["occurred"]).timestamp() for e in events["events"])
+        time.sleep(max(0.0, last + 20 - time.time()))
         assert len(runs["retrain"]) == 1 and len(runs_of("retrain")) == 1, runs  # for a only
         retrain_run = prefect_call("GET", f"{api}/flow_runs/{runs['retrain'][0][1]}").json()
         assert retrain_run["created_by"] is None or retrain_run["created_by"].get("type") != "USER"
