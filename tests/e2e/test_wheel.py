@@ -68,6 +68,19 @@ def _venv_with(wheel: Path, where: Path, env: dict) -> Path:
     return where / "bin"
 
 
+# What the fresh venv's commands must not inherit from this session: the checkout on the path, this session's
+# Prefect home and profile, its API.
+OUTSIDE = ("PYTHONPATH", "PREFECT_HOME", "PREFECT_PROFILES_PATH", "PREFECT_PROFILE", "PREFECT_API_URL")
+
+
+@pytest.fixture(scope="module")
+def venv(wheel, tmp_path_factory) -> Path:
+    """One fresh venv holding the wheel for this module's tests (they only read it)."""
+    root = tmp_path_factory.mktemp("installed") / "venv"
+    _venv_with(wheel, root, {k: v for k, v in os.environ.items() if k not in OUTSIDE})
+    return root
+
+
 PREPARE = """
 import json, sys
 from pathlib import Path
@@ -86,13 +99,12 @@ print(json.dumps({"pull": config["pull"], "automations": automations.read_text()
 """
 
 
-def test_installed_up_prepares_its_deployments_outside_the_checkout(wheel, tmp_path):
+def test_installed_up_prepares_its_deployments_outside_the_checkout(venv, tmp_path):
     """What `tuneloop up` applies, prepared in the fresh venv from a folder with no checkout: the packaged files,
     entrypoints that load every flow from the venv (as the worker's flow runs do), and Prefect's CLI as `up`
     runs it. Starting the whole service from the wheel is left to a person (minutes)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PREFECT_HOME", "PREFECT_PROFILES_PATH",
-                                                            "PREFECT_PROFILE", "PREFECT_API_URL")}
-    bin_dir = _venv_with(wheel, tmp_path / "venv", env)
+    env = {k: v for k, v in os.environ.items() if k not in OUTSIDE}
+    bin_dir = venv / "bin"
     work = tmp_path / "elsewhere"
     work.mkdir()
     helped = subprocess.run([bin_dir / "tuneloop", "up", "--help"], cwd=work, env=env, capture_output=True, text=True,
@@ -111,17 +123,17 @@ def test_installed_up_prepares_its_deployments_outside_the_checkout(wheel, tmp_p
     assert set(out["flows"]) == {"collect-feedback", "detect-drift", "retrain", "run-benchmarks", "promote",
                                  "retrain-gpu", "retrain-demo"}
     for name, (flow, source) in out["flows"].items():
-        assert Path(source).is_relative_to(tmp_path / "venv"), (name, source)
+        assert Path(source).is_relative_to(venv), (name, source)
     assert out["flows"]["retrain"][0] == "retrain" and out["flows"]["promote"][0] == "promote"
 
 
-def test_installed_retrain_runs_outside_the_checkout(wheel, tmp_path, tiny_base, demo_files):
+def test_installed_retrain_runs_outside_the_checkout(venv, tmp_path, tiny_base, demo_files):
     state = tmp_path / "state" / "not-yet"  # a state folder that does not exist yet
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "PREFECT_HOME", "PREFECT_PROFILES_PATH", "PREFECT_PROFILE")}
     env |= {"TUNELOOP_STATE_DIR": str(state), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
     # TUNELOOP_MODELS_DIR stays the session's: the tiny base is built once (tiny_base)
-    bin_dir = _venv_with(wheel, tmp_path / "venv", env)
+    bin_dir = venv / "bin"
     work = tmp_path / "elsewhere"
     work.mkdir()
 
@@ -129,7 +141,7 @@ def test_installed_retrain_runs_outside_the_checkout(wheel, tmp_path, tiny_base,
                             "print(r.__file__); print(c.__file__)"], cwd=work, env=env, capture_output=True, text=True)
     assert probe.returncode == 0, probe.stderr[-3000:]
     where = probe.stdout.split()
-    assert len(where) == 2 and all(Path(p).is_relative_to(tmp_path / "venv") for p in where), where
+    assert len(where) == 2 and all(Path(p).is_relative_to(venv) for p in where), where
 
     heldout = work / "heldout.jsonl"  # 20 held-out rows keep the two evaluations short
     heldout.write_text("".join(demo_files["heldout"].read_text().splitlines(keepends=True)[:20]))
