@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -19,6 +21,11 @@ from e2e.servicekit import Up, colours_task, exact_match, wait_for, write_jsonl
 pytestmark = pytest.mark.prefect  # a real Prefect server and worker (implies slow)
 BASE = "tuneloop/tiny-llama"
 THRESHOLD = 400  # TUNELOOP_NEGATIVES_THRESHOLD: all of the demo task's feedback rows, what the tiny base needs
+COLLECT_EVERY = 30  # TUNELOOP_COLLECT_EVERY: how often the drop file is read
+# TUNELOOP_NEGATIVES_WINDOW: a tenant's negatives start at most one retrain per window (Prefect's reactive
+# trigger counts afresh from the window's end); a round's negatives all arrive within it, and the next round
+# comes after it has ended
+WINDOW = 120
 
 
 def versions_of(home: Path, tenant: str, job_id: str) -> list[str]:
@@ -40,9 +47,11 @@ def demo(demo_files, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def up(tmp_path_factory):
+def up(tmp_path_factory, tiny_base):  # the tiny base built here, not by the first job
     home = tmp_path_factory.mktemp("service") / "home"
-    service = Up(home, free_port(), env={"TUNELOOP_NEGATIVES_THRESHOLD": str(THRESHOLD)}).start()
+    service = Up(home, free_port(), env={"TUNELOOP_NEGATIVES_THRESHOLD": str(THRESHOLD),
+                                              "TUNELOOP_COLLECT_EVERY": str(COLLECT_EVERY),
+                                              "TUNELOOP_NEGATIVES_WINDOW": str(WINDOW)}).start()
     yield service
     if service.proc.poll() is None:
         service.stop()
@@ -388,7 +397,9 @@ def test_a_restart_mid_job_resumes_from_the_checkpoint_and_succeeds_once(up, dem
 
 
 def flow_runs(api: str) -> list[dict]:
-    runs = prefect_call("POST", f"{api}/flow_runs/filter", json={"sort": "EXPECTED_START_TIME_ASC", "limit": 200}).json()
+    runs = prefect_call("POST", f"{api}/flow_runs/filter", json={  # (the collect schedule keeps 100 ahead)
+        "sort": "EXPECTED_START_TIME_ASC", "limit": 200,
+        "flow_runs": {"state": {"type": {"not_any_": ["SCHEDULED"]}}}}).json()
     names = {}
     for r in runs:
         if r["deployment_id"] and r["deployment_id"] not in names:
@@ -404,69 +415,174 @@ def answers(client, model: str, rows: list[dict]) -> list[str]:
             .choices[0].message.content for r in rows]
 
 
+ENDED = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def loop_runs(api: str, seen: set[str]) -> list[dict]:
+    """The flow runs started since `seen`, scheduled collect-feedback runs left out (the schedule keeps a
+    hundred of them ahead)."""
+    return [r for r in flow_runs(api) if r["id"] not in seen
+            and not (r["deployment"] == "collect-feedback" and r["state"] == "SCHEDULED")]
+
+
+def seen_now(api: str) -> set[str]:
+    """The runs started so far: a collect-feedback run still scheduled counts as new once it runs."""
+    return {r["id"] for r in flow_runs(api) if r["state"] != "SCHEDULED"}
+
+
+def wait_until(api: str, seen: set[str], done, what: str, up: Up, timeout: float = 900) -> list[dict]:
+    """Wait until `done(new runs)`; any retrain or promote that fails or crashes fails the test."""
+    deadline, new = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        new = loop_runs(api, seen)
+        bad = [r for r in new if r["state"] in ("FAILED", "CRASHED")]
+        assert not bad, f"{bad}\n{(up.home / 'logs' / 'worker.log').read_text()[-6000:]}"
+        if done(new):
+            return new
+        time.sleep(2)
+    pytest.fail(f"{what} after {timeout:.0f} s: {[(r['deployment'], r['state']) for r in new]}\n"
+                f"{(up.home / 'logs' / 'worker.log').read_text()[-6000:]}")
+
+
+def ended(runs: list[dict], deployment: str, tenant: str) -> list[dict]:
+    return [r for r in runs if r["deployment"] == deployment and r["tenant"] == tenant and r["state"] in ENDED]
+
+
+def sequence(runs: list[dict]) -> list[str]:
+    """Flow runs in order, with their states; consecutive collect-feedback runs on one line."""
+    lines: list[str] = []
+    for r in runs:
+        line = f"{r['deployment']:16} tenant={r['tenant'] or '-':8} {r['state']:10} by {r['created_by']}"
+        if lines and r["deployment"] == "collect-feedback" and lines[-1].startswith("collect-feedback"):
+            n = int(lines[-1].rsplit(" x", 1)[1]) + 1 if " x" in lines[-1] else 2
+            lines[-1] = line + f" x{n}"
+        else:
+            lines.append(line)
+    return lines
+
+
 def test_the_loop_closes_untouched_for_one_tenant_and_leaves_another_as_it_was(up, trained, demo_files):
-    """The loop, with no hand on it (`up` applies the shipped triggers; THRESHOLD from its environment): tenant
-    A's users chat and send negative feedback with corrections over the feedback route until A's negatives
-    reach the threshold; a retrain for A then runs on A's feedback, the gate promotes it in A's registry, the
-    champion.changed trigger starts the promote flow, which rolls it onto A's live slots by canary; A's
-    `champion` now answers with the fine-tuned model, and tenant B (t-colours, with its own fine-tuned model)
-    answers as it did. Prints the flow runs it saw, in order, with their states."""
+    """The loop, with no hand on it (`up` applies the shipped triggers; THRESHOLD and COLLECT_EVERY from its
+    environment). Tenant A has a fixed held-out set (`<home>/eval/<tenant>.jsonl`, put there before any
+    feedback) its gate measures every candidate on. Round 1: A's users chat and send negative feedback with
+    corrections, half over the feedback route and half appended to the drop file the collect-feedback
+    schedule reads, until A's negatives reach the threshold; a retrain for A runs on A's feedback, the gate
+    promotes it in A's registry, the champion.changed trigger starts the promote flow, which rolls it onto
+    A's live slots by canary; A's `champion` now answers with the fine-tuned model. Round 2: corrupted
+    corrections for A reach the threshold; the retrain they start is rejected and A's answers stay as they
+    were. Round 3: a drift event for A (what detect-drift emits) starts a retrain for A. Tenant B (t-colours,
+    with its own fine-tuned model) answers as it did throughout. Prints the flow runs it saw, in order."""
+    from tuneloop.demo.data import corrupt_row
+
     api = up.prefect_api()
     a = openai.OpenAI(base_url=up.url, api_key=up.key("loop-a"), max_retries=0)
     t = trained("colours")  # tenant B: a fine-tuning job on a task A never sees
     b, job, b_heldout = t["client"], t["job"], t["heldout"][:20]
     deadline = time.monotonic() + 300  # runs the earlier tests started (a champion's promotion): let them end
-    while time.monotonic() < deadline and any(r["state"] not in ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
-                                              for r in flow_runs(api)):
+    while time.monotonic() < deadline and any(r["state"] not in ENDED for r in loop_runs(up.prefect_api(), set())):
         time.sleep(2)
     b_reg = up.home / "registries" / "t-colours"
     b_state = (b_reg / "aliases.json").read_text(), sorted(p.name for p in (b_reg / "versions").iterdir())
     b_model = "champion" if "champion" in json.loads(b_state[0]) else job.fine_tuned_model  # what B's users ask
     b_before = answers(b, b_model, b_heldout)
 
-    rows = [json.loads(x) for x in demo_files["feedback"].read_text().splitlines()]
-    heldout = [json.loads(x) for x in demo_files["heldout"].read_text().splitlines()][:40]
+    def b_reference() -> str | None:
+        """B's drift reference: the dataset its champion was trained on (tasks.drift.load_reference_prompts)."""
+        champion = json.loads((b_reg / "aliases.json").read_text()).get("champion")
+        return champion and json.loads((b_reg / "versions" / champion / "manifest.json").read_text())["dataset_version"]
+
+    b_ref = b_reference()
+
+    rows = [json.loads(x) for x in demo_files["feedback"].read_text().splitlines()][:THRESHOLD]
+    heldout = [json.loads(x) for x in demo_files["heldout"].read_text().splitlines()]
+    (up.home / "eval").mkdir(exist_ok=True)
+    write_jsonl(up.home / "eval" / "loop-a.jsonl", heldout)  # A's yardstick, set up before the loop runs
+    heldout = heldout[:40]
     a_base = exact_match(a, BASE, heldout)
     with pytest.raises(openai.NotFoundError):  # A has no champion yet
         a.chat.completions.create(model="champion", messages=heldout[0]["messages"][:-1], max_tokens=4)
-    seen = {r["id"] for r in flow_runs(api)}
+    first = seen_now(api)
 
-    # A's users: a question, the model's answer, a thumbs down with the right answer; THRESHOLD times
+    def feedback(rows: list[dict], user: str, drop: bool) -> None:
+        """A's users: a question, the model's answer, a thumbs down with the right answer (as they see it); with
+        `drop`, every other row arrives through the drop file instead of the route."""
+        dropped = []
+        for i, r in enumerate(rows):
+            if drop and i % 2:
+                dropped.append({"messages": r["messages"][:-1], "response": "no idea", "score": 0.0,
+                                "correction": r["messages"][-1]["content"], "user": f"{user}{i}", "tenant": "loop-a"})
+                continue
+            out = a.chat.completions.create(model=BASE, messages=r["messages"][:-1], max_tokens=8, temperature=0)
+            fb = a.post("/feedback", cast_to=object, body={"completion_id": out.id, "thumbs": "down",
+                                                           "user": f"{user}{i}", "correction": r["messages"][-1]["content"]})
+            assert fb["object"] == "feedback" and fb["label"] == "negative" and not fb["duplicate"], fb
+        if dropped:  # appended as another tool would: whole lines at the end of the file
+            incoming = up.home / "incoming" / "feedback.jsonl"  # tuneloop.service.home.Home.incoming
+            incoming.parent.mkdir(parents=True, exist_ok=True)
+            with incoming.open("a", encoding="utf-8") as fh:
+                fh.write("".join(json.dumps(r) + "\n" for r in dropped))
+
+    # round 1: no hand on it from the first feedback on; wait for A's retrain and A's promotion to end
     t0 = time.monotonic()
-    for i, r in enumerate(rows[:THRESHOLD]):
-        out = a.chat.completions.create(model=BASE, messages=r["messages"][:-1], max_tokens=8, temperature=0)
-        fb = a.post("/feedback", cast_to=object, body={"completion_id": out.id, "thumbs": "down", "user": f"u{i}",
-                                                       "correction": r["messages"][-1]["content"]})
-        assert fb["object"] == "feedback" and fb["label"] == "negative" and not fb["duplicate"], fb
+    feedback(rows, "u", drop=True)
     posted = time.monotonic() - t0
-
-    # no hand on it from here: wait for A's retrain and A's promotion to end
-    deadline, new = time.monotonic() + 900, []
-    while time.monotonic() < deadline:
-        new = [r for r in flow_runs(api) if r["id"] not in seen]
-        ended = {r["deployment"]: r for r in new if r["state"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")}
-        bad = [r for r in new if r["state"] in ("FAILED", "CRASHED")]
-        assert not bad, f"{bad}\n{(up.home / 'logs' / 'worker.log').read_text()[-6000:]}"
-        if "promote" in ended and "retrain" in ended:
-            break
-        time.sleep(2)
-    else:
-        pytest.fail(f"no retrain and promotion for A after 900 s: {[(r['deployment'], r['state']) for r in new]}\n"
-                    f"{(up.home / 'logs' / 'worker.log').read_text()[-6000:]}")
+    new = wait_until(api, first, lambda n: ended(n, "promote", "loop-a") and ended(n, "retrain", "loop-a"),
+                     "no retrain and promotion for A", up)
     took = time.monotonic() - t0
-    print(f"\nflow runs after A's feedback ({THRESHOLD} negatives posted in {posted:.1f} s; "
-          f"retrained and promoted {took:.1f} s after the first):")
-    for r in new:
-        print(f"  {r['deployment']:10} tenant={r['tenant']:8} {r['state']:10} created by {r['created_by']}")
-    assert [(r["deployment"], r["tenant"]) for r in new] == [("retrain", "loop-a"), ("promote", "loop-a")]
-    assert all(r["created_by"] != "USER" for r in new)  # started by their triggers, not by a call
+    loop = [r for r in new if r["deployment"] != "collect-feedback"]
+    assert [(r["deployment"], r["tenant"]) for r in loop] == [("retrain", "loop-a"), ("promote", "loop-a")], loop
+    assert all(r["created_by"] != "USER" for r in loop)  # started by their triggers, not by a call
+    stored = [json.loads(x) for x in (up.home / "feedback" / "items.jsonl").read_text().splitlines()]
+    by_source = {src: sum(1 for i in stored if i["source"] == src and i["tenant"] == "loop-a") for src in ("incoming",)}
+    assert by_source["incoming"] == THRESHOLD // 2, by_source  # the drop file's half, collected on schedule
 
     reg = up.home / "registries" / "loop-a"
     aliases = json.loads((reg / "aliases.json").read_text())
     assert aliases["champion"] == aliases["production"] == "v1", aliases  # gated, then rolled out by the flow
-    assert json.loads((reg / "versions" / "v1" / "manifest.json").read_text())["tenant"] == "loop-a"
+    manifest = json.loads((reg / "versions" / "v1" / "manifest.json").read_text())
+    assert manifest["tenant"] == "loop-a"
+    assert manifest["spec"]["eval_data"] == str(up.home / "eval" / "loop-a.jsonl")  # gated on A's fixed set
     a_after = exact_match(a, "champion", heldout)
     assert a_after >= a_base + 0.3, (a_base, a_after)
     assert answers(b, b_model, b_heldout) == b_before  # B: the same model, the same answers
+    a_live = answers(a, "champion", heldout)
+
+    # round 2: corrupted corrections for A, as many; the retrain they start is rejected on A's held-out set
+    second = seen_now(api)
+    time.sleep(max(0.0, t0 + WINDOW + 5 - time.monotonic()))  # round 1's window over (it always is by now)
+    t1 = time.monotonic()
+    feedback([corrupt_row(r) for r in rows], "c", drop=False)
+    new2 = wait_until(api, second, lambda n: ended(n, "retrain", "loop-a"), "no retrain for A's corrupted round", up)
+    time.sleep(5)  # a promotion would start within a second or two of a champion change
+    new2 = loop_runs(api, second)
+    took2 = time.monotonic() - t1
+    assert [(r["deployment"], r["tenant"]) for r in new2 if r["deployment"] != "collect-feedback"] == \
+        [("retrain", "loop-a")], new2
+    aliases2 = json.loads((reg / "aliases.json").read_text())
+    assert aliases2["champion"] == aliases2["production"] == "v1", aliases2
+    rejected = json.loads((reg / "versions" / "v2" / "manifest.json").read_text())
+    assert rejected["tenant"] == "loop-a"
+    assert answers(a, "champion", heldout) == a_live  # A's live answers unchanged
+    assert answers(b, b_model, b_heldout) == b_before
+
+    # round 3: drift for A, as detect-drift reports it, starts a retrain for A
+    third = seen_now(api)
+    r = prefect_call("POST", f"{api}/events", json=[{
+        "id": str(uuid.uuid4()), "occurred": datetime.now(timezone.utc).isoformat(), "event": "tuneloop.drift.detected",
+        "resource": {"prefect.resource.id": "tuneloop.drift.loop-a", "tuneloop.tenant": "loop-a"},
+        "payload": {"prompts_drifted": True, "scores_dropped": False}}])
+    assert r.status_code == 204, r.text
+    new3 = wait_until(api, third, lambda n: ended(n, "retrain", "loop-a"), "no retrain for A's drift", up)
+    drift_run = ended(new3, "retrain", "loop-a")[0]
+    assert drift_run["state"] == "COMPLETED" and drift_run["created_by"] != "USER", drift_run
+    assert answers(b, b_model, b_heldout) == b_before
     assert ((b_reg / "aliases.json").read_text(), sorted(p.name for p in (b_reg / "versions").iterdir())) == b_state
-    print(f"A's exact match on held-out items: base {a_base:.3f} -> live champion {a_after:.3f}")
+    assert b_reference() == b_ref  # B's champion, so its drift reference, never moved
+
+    print(f"\nflow runs after A's feedback ({THRESHOLD} negatives, half over the route and half through the drop "
+          f"file, in {posted:.1f} s; retrained and promoted {took:.1f} s after the first; the corrupted round "
+          f"retrained and rejected in {took2:.1f} s):")
+    for line in sequence(loop_runs(api, first)):
+        print("  " + line)
+    print(f"A's exact match on held-out items: base {a_base:.3f} -> live champion {a_after:.3f}; "
+          f"the corrupted round's candidate {rejected['metrics'].get('exact_match')} (rejected)")
