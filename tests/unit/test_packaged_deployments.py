@@ -98,6 +98,8 @@ def test_a_bad_collect_cadence_stops_up_naming_the_setting(raw, monkeypatch):
     assert f"TUNELOOP_COLLECT_EVERY={raw!r}" in str(e.value) and "at least 5" in str(e.value)
     monkeypatch.setenv("TUNELOOP_COLLECT_EVERY", "30")
     assert collect_every() == 30
+    monkeypatch.setenv("TUNELOOP_COLLECT_EVERY", "0")
+    assert collect_every() == 0  # off
     monkeypatch.delenv("TUNELOOP_COLLECT_EVERY")
     assert collect_every() == 0
 

@@ -287,42 +287,39 @@ def _module_entrypoint(deployment: str, entrypoint: str) -> str:
     return ".".join(parts) + "." + m.group(2)
 
 
-def negatives_threshold() -> int:
-    """TUNELOOP_NEGATIVES_THRESHOLD: how many negative feedback events of one tenant within a week start a
-    retrain for that tenant (default: the shipped prefect.yaml's, 100)."""
-    raw = os.environ.get("TUNELOOP_NEGATIVES_THRESHOLD", "").strip()
+def _setting(name: str, unit: str, least: int, fix: str, off: bool = False) -> int:
+    """A whole-number setting from the environment: 0 when unset (or, with `off`, set to 0); below `least`
+    (or not a whole number) stops `up` naming it."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
         return 0
-    if not raw.isdigit() or int(raw) < 1:
-        raise UserError(f"TUNELOOP_NEGATIVES_THRESHOLD={raw!r}", "is a whole number of events, at least 1",
-                        "e.g. TUNELOOP_NEGATIVES_THRESHOLD=100, or unset it for the shipped default")
+    if not raw.isdigit() or (int(raw) < least and not (off and int(raw) == 0)):
+        raise UserError(f"{name}={raw!r}", f"is a whole number of {unit}, at least {least}" + (
+            " (0: off)" if off else ""), fix)
     return int(raw)
+
+
+def negatives_threshold() -> int:
+    """TUNELOOP_NEGATIVES_THRESHOLD: how many negative feedback events of one tenant within the window start a
+    retrain for that tenant (0: the shipped prefect.yaml's, 100)."""
+    return _setting("TUNELOOP_NEGATIVES_THRESHOLD", "events", 1,
+                    "e.g. TUNELOOP_NEGATIVES_THRESHOLD=100, or unset it for the shipped default")
 
 
 def negatives_window() -> int:
     """TUNELOOP_NEGATIVES_WINDOW: the seconds within which a tenant's negatives are counted toward the threshold
-    (default: the shipped prefect.yaml's, a week). Prefect's reactive trigger fires once the count is reached and
+    (0: the shipped prefect.yaml's, a week). Prefect's reactive trigger fires once the count is reached and
     then counts afresh from the end of that window, so a tenant's negatives start at most one retrain per
     window."""
-    raw = os.environ.get("TUNELOOP_NEGATIVES_WINDOW", "").strip()
-    if not raw:
-        return 0
-    if not raw.isdigit() or int(raw) < 60:
-        raise UserError(f"TUNELOOP_NEGATIVES_WINDOW={raw!r}", "is a whole number of seconds, at least 60",
-                        "e.g. TUNELOOP_NEGATIVES_WINDOW=86400 (a day), or unset it for the shipped week")
-    return int(raw)
+    return _setting("TUNELOOP_NEGATIVES_WINDOW", "seconds", 60,
+                    "e.g. TUNELOOP_NEGATIVES_WINDOW=86400 (a day), or unset it for the shipped week")
 
 
 def collect_every() -> int:
     """TUNELOOP_COLLECT_EVERY: seconds between collect-feedback runs that read the home's drop file
     (`<home>/incoming/feedback.jsonl`); unset or 0, feedback arrives over POST /v1/feedback only."""
-    raw = os.environ.get("TUNELOOP_COLLECT_EVERY", "").strip()
-    if not raw:
-        return 0
-    if not raw.isdigit() or 0 < int(raw) < 5:
-        raise UserError(f"TUNELOOP_COLLECT_EVERY={raw!r}", "is a whole number of seconds, at least 5 (0: off)",
-                        "e.g. TUNELOOP_COLLECT_EVERY=300, or unset it to take feedback over the API only")
-    return int(raw)
+    return _setting("TUNELOOP_COLLECT_EVERY", "seconds", 5,
+                    "e.g. TUNELOOP_COLLECT_EVERY=300, or unset it to take feedback over the API only", off=True)
 
 
 def _deployment_files(home: Home, workdir: Path, threshold: int = 0, every: int = 0,
