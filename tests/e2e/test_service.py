@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
@@ -397,9 +397,11 @@ def test_a_restart_mid_job_resumes_from_the_checkpoint_and_succeeds_once(up, dem
 
 
 def flow_runs(api: str) -> list[dict]:
-    runs = prefect_call("POST", f"{api}/flow_runs/filter", json={  # (the collect schedule keeps 100 ahead)
-        "sort": "EXPECTED_START_TIME_ASC", "limit": 200,
-        "flow_runs": {"state": {"type": {"not_any_": ["SCHEDULED"]}}}}).json()
+    """The 200 latest flow runs that are due, oldest first (not the future runs the collect schedule keeps)."""
+    due = (datetime.now(timezone.utc) + timedelta(seconds=10)).isoformat()
+    runs = prefect_call("POST", f"{api}/flow_runs/filter", json={
+        "sort": "EXPECTED_START_TIME_DESC", "limit": 200,
+        "flow_runs": {"expected_start_time": {"before_": due}}}).json()[::-1]
     names = {}
     for r in runs:
         if r["deployment_id"] and r["deployment_id"] not in names:
@@ -426,8 +428,15 @@ def loop_runs(api: str, seen: set[str]) -> list[dict]:
 
 
 def seen_now(api: str) -> set[str]:
-    """The runs started so far: a collect-feedback run still scheduled counts as new once it runs."""
-    return {r["id"] for r in flow_runs(api) if r["state"] != "SCHEDULED"}
+    return {r["id"] for r in flow_runs(api)}
+
+
+OURS = ("loop-a", "t-colours")  # A and B: runs of other tenants are the earlier tests' (a late retry of theirs)
+
+
+def ours(runs: list[dict]) -> list[tuple[str, str]]:
+    """A's and B's retrain and promote runs, as (deployment, tenant)."""
+    return [(r["deployment"], r["tenant"]) for r in runs if r["tenant"] in OURS and r["deployment"] != "collect-feedback"]
 
 
 def wait_until(api: str, seen: set[str], done, what: str, up: Up, timeout: float = 900) -> list[dict]:
@@ -435,7 +444,8 @@ def wait_until(api: str, seen: set[str], done, what: str, up: Up, timeout: float
     deadline, new = time.monotonic() + timeout, []
     while time.monotonic() < deadline:
         new = loop_runs(api, seen)
-        bad = [r for r in new if r["state"] in ("FAILED", "CRASHED")]
+        bad = [r for r in new if r["state"] in ("FAILED", "CRASHED")
+               and (r["tenant"] in OURS or r["deployment"] == "collect-feedback")]
         assert not bad, f"{bad}\n{(up.home / 'logs' / 'worker.log').read_text()[-6000:]}"
         if done(new):
             return new
@@ -529,8 +539,8 @@ def test_the_loop_closes_untouched_for_one_tenant_and_leaves_another_as_it_was(u
     new = wait_until(api, first, lambda n: ended(n, "promote", "loop-a") and ended(n, "retrain", "loop-a"),
                      "no retrain and promotion for A", up)
     took = time.monotonic() - t0
-    loop = [r for r in new if r["deployment"] != "collect-feedback"]
-    assert [(r["deployment"], r["tenant"]) for r in loop] == [("retrain", "loop-a"), ("promote", "loop-a")], loop
+    loop = [r for r in new if r["tenant"] in OURS and r["deployment"] != "collect-feedback"]
+    assert ours(loop) == [("retrain", "loop-a"), ("promote", "loop-a")], loop  # none for B
     assert all(r["created_by"] != "USER" for r in loop)  # started by their triggers, not by a call
     stored = [json.loads(x) for x in (up.home / "feedback" / "items.jsonl").read_text().splitlines()]
     by_source = {src: sum(1 for i in stored if i["source"] == src and i["tenant"] == "loop-a") for src in ("incoming",)}
@@ -556,8 +566,7 @@ def test_the_loop_closes_untouched_for_one_tenant_and_leaves_another_as_it_was(u
     time.sleep(5)  # a promotion would start within a second or two of a champion change
     new2 = loop_runs(api, second)
     took2 = time.monotonic() - t1
-    assert [(r["deployment"], r["tenant"]) for r in new2 if r["deployment"] != "collect-feedback"] == \
-        [("retrain", "loop-a")], new2
+    assert ours(new2) == [("retrain", "loop-a")], new2
     aliases2 = json.loads((reg / "aliases.json").read_text())
     assert aliases2["champion"] == aliases2["production"] == "v1", aliases2
     rejected = json.loads((reg / "versions" / "v2" / "manifest.json").read_text())
