@@ -9,6 +9,7 @@ from tuneloop.feedback.items import FeedbackItem
 from tuneloop.feedback.store import FeedbackStore
 from tuneloop.runtime.shared import shared_state
 from tuneloop.settings import Settings
+from tuneloop.training.checkpoint import fetch_checkpoint, share_checkpoints
 
 
 def machine(tmp_path, name: str, bucket: str):
@@ -34,8 +35,8 @@ def test_folders_checkpoints_and_feedback_cross_machines_through_a_bucket(tmp_pa
     (ckpt / "adapter").mkdir(parents=True)
     (ckpt / "adapter" / "adapter_model.safetensors").write_bytes(b"w")
     (ckpt / "state.json").write_text(json.dumps({"global_step": 4, "best_step": 0}))
-    a.push_checkpoints(run, set())
-    assert b.pull_checkpoint(tmp_path / "b" / "runs" / "run-1") == "step-0000004"
+    share_checkpoints(a, run, set())
+    assert fetch_checkpoint(b, tmp_path / "b" / "runs" / "run-1") == "step-0000004"
 
     item = FeedbackItem(id="api:1", source="api", messages=({"role": "user", "content": "q"},), response="r",
                         timestamp="2026-12-01T00:00:00Z", score=0.0, tenant="acme")

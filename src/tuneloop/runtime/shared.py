@@ -17,7 +17,6 @@ The S3 endpoint, retries and timeouts are the registry's (`AWS_ENDPOINT_URL`, `T
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -45,8 +44,7 @@ def open_store(location: str):
 
 class SharedState:
     def __init__(self, store, settings):
-        self.store, self.settings = store, settings
-        self.url = store.url
+        self.store, self.url = store, store.url
         # longest folder first, so runs/ and datasets/ win over the state folder that usually holds them
         areas = [("runs", settings.runs_dir), ("datasets", settings.datasets_dir), ("", settings.state_dir)]
         self.areas = sorted(((n, Path(p).resolve()) for n, p in areas), key=lambda a: -len(a[1].parts))
@@ -60,14 +58,6 @@ class SharedState:
         raise UserError(str(path), "only files under the state, runs or datasets folders are shared "
                         "(TUNELOOP_STATE_DIR, TUNELOOP_RUNS_DIR, TUNELOOP_DATASETS_DIR)",
                         "write it under one of those folders")
-
-    def path(self, key: str) -> Path:
-        """The local path of a key (the inverse of `key`)."""
-        head, _, rest = key.partition("/")
-        for name, root in self.areas:
-            if name and head == name:
-                return root / rest
-        return dict((n, r) for n, r in self.areas)[""] / key
 
     # -- writing ---------------------------------------------------------------
     def push(self, path: str | Path, marker: str | None = None) -> int:
@@ -132,50 +122,6 @@ class SharedState:
             if rest == marker:
                 out.add(name)
         return sorted(out)
-
-    # -- a training run's checkpoints -------------------------------------------
-    CHECKPOINT, BEST = "state.json", "adapter/adapter_config.json"
-
-    def push_checkpoints(self, run_dir: Path, pushed: set[str]) -> None:
-        """Upload the run's complete checkpoints not in `pushed` (names, updated here), each after the best
-        adapter so far (a run resumed from it ends on the same adapter), and drop from the store what was
-        pruned here."""
-        from tuneloop.training.checkpoint import list_checkpoints
-
-        run_dir = Path(run_dir)
-        local = list_checkpoints(run_dir)
-        if all(c.name in pushed for c in local):
-            return
-        bests = [b for b in sorted(run_dir.glob("best-*")) if (b / self.BEST).exists()]
-        for folder, marker in [(b, self.BEST) for b in bests] + [(c, self.CHECKPOINT) for c in local]:
-            if folder.name not in pushed:
-                self.push(folder, marker)
-                pushed.add(folder.name)
-        keep = {c.name for c in local}
-        for name in self.folders(run_dir / "checkpoints", self.CHECKPOINT, "step-"):
-            if name not in keep:
-                self.delete(run_dir / "checkpoints" / name, self.CHECKPOINT)
-        keep = {b.name for b in bests}
-        for name in self.folders(run_dir, self.BEST, "best-"):
-            if name not in keep:
-                self.delete(run_dir / name, self.BEST)
-
-    def pull_checkpoint(self, run_dir: Path) -> str | None:
-        """When this machine has no checkpoint of the run, fetch the latest complete one from the store
-        (and the best adapter it names). Returns the checkpoint's name, or None."""
-        from tuneloop.training.checkpoint import list_checkpoints
-
-        run_dir = Path(run_dir)
-        if list_checkpoints(run_dir):
-            return None
-        names = self.folders(run_dir / "checkpoints", self.CHECKPOINT, "step-")
-        if not names:
-            return None
-        state = json.loads(self.store.get(self.key(run_dir / "checkpoints" / names[-1] / self.CHECKPOINT))[0])
-        if state.get("best_step"):  # first the best adapter: a checkpoint without it would end on another one
-            self.pull(run_dir / f"best-{int(state['best_step']):07d}", self.BEST)
-        self.pull(run_dir / "checkpoints" / names[-1], self.CHECKPOINT)
-        return names[-1]
 
 
 def shared_state(settings=None) -> SharedState | None:

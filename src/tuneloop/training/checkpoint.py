@@ -87,3 +87,46 @@ def checkpoint_rows(root: Path) -> list[dict]:
         rows.append({"step": int(state.get("global_step", 0)), "train_loss": state.get("last_loss"),
                      "best_val_loss": state.get("best_val"), "path": str(path)})
     return rows
+
+
+# -- checkpoints another machine can resume (tuneloop.runtime.shared) -----------------------------------------
+MARKER, BEST_MARKER = "state.json", "adapter/adapter_config.json"  # each folder's last-written file
+
+
+def share_checkpoints(shared, run_dir: Path, pushed: set[str]) -> None:
+    """Upload the run's complete checkpoints not in `pushed` (names, updated here) to the shared state, each
+    after the best adapter so far (a run resumed from it ends on the same adapter), and drop from the store
+    what was pruned here."""
+    run_dir = Path(run_dir)
+    local = list_checkpoints(run_dir)
+    if all(c.name in pushed for c in local):
+        return
+    bests = [b for b in sorted(run_dir.glob("best-*")) if (b / BEST_MARKER).exists()]
+    for folder, marker in [(b, BEST_MARKER) for b in bests] + [(c, MARKER) for c in local]:
+        if folder.name not in pushed:
+            shared.push(folder, marker)
+            pushed.add(folder.name)
+    keep = {c.name for c in local}
+    for name in shared.folders(run_dir / "checkpoints", MARKER, "step-"):
+        if name not in keep:
+            shared.delete(run_dir / "checkpoints" / name, MARKER)
+    keep = {b.name for b in bests}
+    for name in shared.folders(run_dir, BEST_MARKER, "best-"):
+        if name not in keep:
+            shared.delete(run_dir / name, BEST_MARKER)
+
+
+def fetch_checkpoint(shared, run_dir: Path) -> str | None:
+    """When this machine has no checkpoint of the run, fetch the latest complete one from the shared state (and
+    the best adapter it names). Returns the checkpoint's name, or None."""
+    run_dir = Path(run_dir)
+    if list_checkpoints(run_dir):
+        return None
+    names = shared.folders(run_dir / "checkpoints", MARKER, "step-")
+    if not names:
+        return None
+    state = json.loads(shared.store.get(shared.key(run_dir / "checkpoints" / names[-1] / MARKER))[0])
+    if state.get("best_step"):  # first the best adapter: a checkpoint without it would end on another one
+        shared.pull(run_dir / f"best-{int(state['best_step']):07d}", BEST_MARKER)
+    shared.pull(run_dir / "checkpoints" / names[-1], MARKER)
+    return names[-1]

@@ -16,7 +16,7 @@ from tuneloop.runtime.fsutil import atomic_write_text, locked
 from tuneloop.runtime.shared import shared_state
 from tuneloop.settings import get_settings
 from tuneloop.specs import RetrainSpec
-from tuneloop.training.checkpoint import checkpoint_rows
+from tuneloop.training.checkpoint import checkpoint_rows, fetch_checkpoint, share_checkpoints
 from tuneloop.training.interface import Log, ShouldStop
 from tuneloop.training.loop import TrainResult, train_lora
 from tuneloop.training.trainers import make_trainer
@@ -86,7 +86,7 @@ def train_run(spec: RetrainSpec, base_path: str, dataset, run_dir: Path, logger,
     def watch(step: int, total: int, elapsed: float) -> str | None:
         rows = None if remote else checkpoint_rows(run_dir)
         if sharing is not None:
-            sharing.push_checkpoints(run_dir, pushed)
+            share_checkpoints(sharing, run_dir, pushed)
         on_step(step, total, rows)
         if time.monotonic() - shown[0] >= PROGRESS_EVERY_S or step >= total:
             write_progress(run_dir, step, total, elapsed)
@@ -113,12 +113,12 @@ def train_run(spec: RetrainSpec, base_path: str, dataset, run_dir: Path, logger,
         else:
             log(f"TensorBoard logs: tensorboard --logdir {run_dir / 'tb'}")
             with run_dir_lock(run_dir, logger):
-                if sharing is not None and (name := sharing.pull_checkpoint(run_dir)):
+                if sharing is not None and (name := fetch_checkpoint(sharing, run_dir)):
                     log(f"{name} of this run fetched from the shared state ({sharing.url})")
                 result = train_lora(spec.training, base_path, dataset.train, dataset.validation, run_dir,
                                     resume=True, log=log, should_stop=watch)
                 if sharing is not None:
-                    sharing.push_checkpoints(run_dir, pushed)  # the last one: a retry elsewhere skips training
+                    share_checkpoints(sharing, run_dir, pushed)  # the last one: a retry elsewhere skips training
     except Exception:
         metrics.record_training_finished(spec.tenant, "failed", 0.0)
         raise
