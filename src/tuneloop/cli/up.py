@@ -326,8 +326,9 @@ def _deployment_files(home: Home, workdir: Path, threshold: int = 0, every: int 
                       window: int = 0) -> tuple[Path, Path]:
     """The shipped prefect.yaml and automations.yaml as `up` applies them, written into the home. In
     prefect.yaml: the triggers kept (each tenant's negatives start that tenant's retrain, `threshold` of them
-    within `window` seconds when not 0; a new champion starts its promotion onto this service's slots), schedules left out (they
-    read feedback files and run drift checks this service does not have) but collect-feedback's when `every`
+    within `window` seconds when not 0; a new champion starts its promotion onto this service's slots),
+    schedules left out (they read feedback files and run drift checks this service does not have) but
+    collect-feedback's when `every`
     is not 0 (it then reads the home's drop file every `every` seconds), entrypoints as module paths and
     flow runs working in `workdir` (where `up` was started: a relative path means the same folder to `up`
     and to its flow runs), so the deployments run from an installed wheel as from a checkout."""
@@ -335,11 +336,11 @@ def _deployment_files(home: Home, workdir: Path, threshold: int = 0, every: int 
     config["pull"] = [{"prefect.deployments.steps.set_working_directory": {"directory": str(workdir)}}]
     for d in config["deployments"]:
         d.pop("schedules", None)
-        d.pop("pull", None)
+        d.pop("pull", None)  # (an image's folder, retrain-gpu's: a module entrypoint needs only the package)
         if d["name"] == "collect-feedback" and every:  # the drop file, every `every` seconds
             d["schedules"] = [{"interval": every}]
             d["parameters"]["spec"]["sources"] = [{"kind": "file", "name": "incoming", "path": str(home.incoming),
-                                                   "missing_ok": True}]  # (an image's folder, retrain-gpu's: a module entrypoint needs only the package)
+                                                   "missing_ok": True}]
         for trigger in d.get("triggers", []):
             if "tuneloop.feedback.negative" in trigger.get("expect", []):
                 trigger.update({"threshold": threshold} if threshold else {})
@@ -414,7 +415,8 @@ def cmd_up(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what was started, even while starting
     workdir = Path.cwd()  # the flow runs' working directory, as `up`'s own
     every = collect_every()
-    files = _deployment_files(home, workdir, negatives_threshold(), every, negatives_window())  # a bad file or setting stops `up` here
+    # a bad file or setting stops `up` here
+    files = _deployment_files(home, workdir, negatives_threshold(), every, negatives_window())
     fingerprint = _fingerprint(*files)
     url = f"http://{_loopback(args.host)}:{args.port}"  # where flow runs reach this service
     tokens = Tokens()

@@ -126,9 +126,8 @@ def read_smoke(path: str | Path, limit: int) -> list[SmokeItem]:
 
 
 def default_smoke_path(manifest: dict) -> Path:
-    from tuneloop.settings import get_settings
-
     from tuneloop.runtime import shared
+    from tuneloop.settings import get_settings
 
     dv = manifest.get("dataset_version") or ""
     if dv:
