@@ -74,36 +74,6 @@ def test_an_entrypoint_up_cannot_run_is_named(entrypoint, rule):
     assert "Fix:" in str(e.value)
 
 
-@pytest.mark.parametrize("raw", ["0", "-3", "ten", "2.5"])
-def test_a_bad_negatives_threshold_stops_up_naming_the_setting(raw, monkeypatch):
-    from tuneloop.cli.up import negatives_threshold
-    from tuneloop.errors import UserError
-
-    monkeypatch.setenv("TUNELOOP_NEGATIVES_THRESHOLD", raw)
-    with pytest.raises(UserError, match=r"TUNELOOP_NEGATIVES_THRESHOLD=.*whole number.*Fix:"):
-        negatives_threshold()
-    monkeypatch.setenv("TUNELOOP_NEGATIVES_THRESHOLD", "12")
-    assert negatives_threshold() == 12
-    monkeypatch.delenv("TUNELOOP_NEGATIVES_THRESHOLD")
-    assert negatives_threshold() == 0  # the shipped threshold
-
-
-@pytest.mark.parametrize("raw", ["-5", "2", "ten", "1.5"])
-def test_a_bad_collect_cadence_stops_up_naming_the_setting(raw, monkeypatch):
-    from tuneloop.cli.up import collect_every
-
-    monkeypatch.setenv("TUNELOOP_COLLECT_EVERY", raw)
-    with pytest.raises(UserError) as e:
-        collect_every()
-    assert f"TUNELOOP_COLLECT_EVERY={raw!r}" in str(e.value) and "at least 5" in str(e.value)
-    monkeypatch.setenv("TUNELOOP_COLLECT_EVERY", "30")
-    assert collect_every() == 30
-    monkeypatch.setenv("TUNELOOP_COLLECT_EVERY", "0")
-    assert collect_every() == 0  # off
-    monkeypatch.delenv("TUNELOOP_COLLECT_EVERY")
-    assert collect_every() == 0
-
-
 def test_with_a_collect_cadence_up_reads_the_drop_file_on_that_schedule(tmp_path):
     from tuneloop.cli.up import _deployment_files
     from tuneloop.service.home import Home
@@ -120,14 +90,35 @@ def test_with_a_collect_cadence_up_reads_the_drop_file_on_that_schedule(tmp_path
     assert [(s.kind, s.path, s.missing_ok) for s in spec.sources] == [("file", home.incoming, True)]
 
 
-@pytest.mark.parametrize("raw", ["59", "-3", "a week", "90.5"])
-def test_a_bad_negatives_window_stops_up_naming_the_setting(raw, monkeypatch):
-    from tuneloop.cli.up import negatives_window
+# up's whole-number settings: (variable, its reader in tuneloop.cli.up, refused values, the rule named, a good one)
+UP_SETTINGS = [
+    ("TUNELOOP_NEGATIVES_THRESHOLD", "negatives_threshold", ["0", "-3", "ten", "2.5"],
+     "whole number of events, at least 1", "12"),
+    ("TUNELOOP_NEGATIVES_WINDOW", "negatives_window", ["59", "-3", "a week", "90.5"],
+     "whole number of seconds, at least 60", "86400"),
+    ("TUNELOOP_COLLECT_EVERY", "collect_every", ["-5", "2", "ten", "1.5"], "whole number of seconds, at least 5",
+     "30"),
+]
 
-    monkeypatch.setenv("TUNELOOP_NEGATIVES_WINDOW", raw)
-    with pytest.raises(UserError, match=r"TUNELOOP_NEGATIVES_WINDOW=.*at least 60.*Fix:"):
-        negatives_window()
-    monkeypatch.setenv("TUNELOOP_NEGATIVES_WINDOW", "86400")
-    assert negatives_window() == 86400
-    monkeypatch.delenv("TUNELOOP_NEGATIVES_WINDOW")
-    assert negatives_window() == 0  # the shipped week
+
+@pytest.mark.parametrize("name,reader,raw,rule,good",
+                         [(n, f, raw, rule, good) for n, f, bad, rule, good in UP_SETTINGS for raw in bad])
+def test_a_bad_up_setting_stops_up_naming_it(name, reader, raw, rule, good, monkeypatch):
+    import tuneloop.cli.up as up
+
+    read = getattr(up, reader)
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(UserError) as e:
+        read()
+    assert f"{name}={raw!r}" in str(e.value) and rule in str(e.value) and "Fix:" in str(e.value)
+    monkeypatch.setenv(name, good)
+    assert read() == int(good)
+    monkeypatch.delenv(name)
+    assert read() == 0  # the shipped value (the threshold's 100, a week) or, for the cadence, off
+
+
+def test_a_collect_cadence_of_zero_is_off(monkeypatch):
+    from tuneloop.cli.up import collect_every
+
+    monkeypatch.setenv("TUNELOOP_COLLECT_EVERY", "0")
+    assert collect_every() == 0
