@@ -434,9 +434,14 @@ def seen_now(api: str) -> set[str]:
 OURS = ("loop-a", "t-colours")  # A and B: runs of other tenants are the earlier tests' (a late retry of theirs)
 
 
+def of_ours(runs: list[dict]) -> list[dict]:
+    """A's and B's retrain and promote runs."""
+    return [r for r in runs if r["tenant"] in OURS and r["deployment"] != "collect-feedback"]
+
+
 def ours(runs: list[dict]) -> list[tuple[str, str]]:
     """A's and B's retrain and promote runs, as (deployment, tenant)."""
-    return [(r["deployment"], r["tenant"]) for r in runs if r["tenant"] in OURS and r["deployment"] != "collect-feedback"]
+    return [(r["deployment"], r["tenant"]) for r in of_ours(runs)]
 
 
 def wait_until(api: str, seen: set[str], done, what: str, up: Up, timeout: float = 900) -> list[dict]:
@@ -539,7 +544,7 @@ def test_the_loop_closes_untouched_for_one_tenant_and_leaves_another_as_it_was(u
     new = wait_until(api, first, lambda n: ended(n, "promote", "loop-a") and ended(n, "retrain", "loop-a"),
                      "no retrain and promotion for A", up)
     took = time.monotonic() - t0
-    loop = [r for r in new if r["tenant"] in OURS and r["deployment"] != "collect-feedback"]
+    loop = of_ours(new)
     assert ours(loop) == [("retrain", "loop-a"), ("promote", "loop-a")], loop  # none for B
     assert all(r["created_by"] != "USER" for r in loop)  # started by their triggers, not by a call
     stored = [json.loads(x) for x in (up.home / "feedback" / "items.jsonl").read_text().splitlines()]
