@@ -64,15 +64,22 @@ def wait_healthy(api_url: str, proc: subprocess.Popen, log: Path, timeout: float
 RETRYABLE = {429, 502, 503}
 
 
-def prefect_call(method: str, url: str, timeout: float = 60.0, **kwargs) -> httpx.Response:
+# Prefect's SQLite connections wait up to 60 s for the database lock (PRAGMA busy_timeout = 60000) before they
+# answer 503, so a request may take that long on a loaded machine: a client that gives up sooner (CI once saw two
+# 30 s read timeouts in a row on create_flow_run) fails a test the server would have passed.
+REQUEST_TIMEOUT = httpx.Timeout(10.0, read=90.0)
+
+
+def prefect_call(method: str, url: str, timeout: float = 240.0, **kwargs) -> httpx.Response:
     """One call to a Prefect server's REST API, retried the way Prefect's own client retries: a SQLite server
-    under load answers 503 ("database is locked", rolled back) and a restarting one refuses connections. Other
-    answers come back as they are, for the test to judge."""
+    under load answers 503 ("database is locked", rolled back) or nothing within the read timeout, and a
+    restarting one refuses connections. Other answers come back as they are, for the test to judge. A retried
+    POST that creates something must carry an idempotency key."""
     deadline = time.monotonic() + timeout
     delay = 0.25
     while True:
         try:
-            r = httpx.request(method, url, timeout=30, **kwargs)
+            r = httpx.request(method, url, timeout=REQUEST_TIMEOUT, **kwargs)
             if r.status_code not in RETRYABLE:
                 return r
             failure = f"{r.status_code} {r.text[:200]}"
