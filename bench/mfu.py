@@ -72,7 +72,7 @@ def main() -> None:
     from tuneloop.models.base import load_tokenizer
     from tuneloop.specs import TrainingSpec
     from tuneloop.training import train_lora
-    from tuneloop.training.loop import encode_rows
+    from tuneloop.training.objectives import encode_rows
 
     C.set_threads(args.threads)
     peak, cpu_peak = C.matmul_peak()

@@ -58,7 +58,8 @@ def forward_loss_per_token(base: str, enc, batch: int) -> dict[str, float]:
     import torch
 
     from tuneloop.models.base import load_tokenizer
-    from tuneloop.training.loop import batch_loss, build_lora_model
+    from tuneloop.training.loop import build_lora_model
+    from tuneloop.training.objectives import batch_loss
     from tuneloop.training.packing import collate, enable_varlen_attention, epoch_batches
 
     pad = load_tokenizer(base).pad_token_id
@@ -85,7 +86,7 @@ def main() -> None:
 
     from tuneloop.models.base import load_tokenizer
     from tuneloop.training import train_lora
-    from tuneloop.training.loop import encode_rows
+    from tuneloop.training.objectives import encode_rows
 
     C.set_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="tl-packing-"))

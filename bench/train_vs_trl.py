@@ -125,7 +125,7 @@ def main() -> None:
 
     import trl
     from tuneloop.models.base import load_model, load_tokenizer
-    from tuneloop.training.loop import encode_rows
+    from tuneloop.training.objectives import encode_rows
 
     C.set_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="tl-vs-trl-"))

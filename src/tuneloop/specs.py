@@ -79,6 +79,15 @@ class TrainingSpec(_Spec):
                                                        "of a fresh adapter")
     group_by_length: bool = Field(True, description="without packing: batch examples of similar length together "
                                                     "so padding stays small")
+    method: Literal["sft", "dpo", "kto"] = Field(
+        "sft", description="sft: learn the answers; dpo: prefer the preferred answer of each pair over the other; "
+                           "kto: raise desirable answers and lower undesirable ones, unpaired (thumbs up and down)")
+    beta: float = Field(0.1, gt=0, le=10, description="dpo / kto: how far from the reference the adapter may move "
+                                                      "(higher: closer)")
+    desirable_weight: float | None = Field(None, gt=0, description="kto: weight of desirable answers; default: "
+                                           "chosen from the counts as the KTO paper recommends")
+    undesirable_weight: float | None = Field(None, gt=0, description="kto: weight of undesirable answers; default: "
+                                             "chosen from the counts as the KTO paper recommends")
 
 
 

@@ -11,8 +11,8 @@ from tuneloop.models.chat import IGNORE
 from tuneloop.data import prepare_dataset
 from tuneloop.specs import DataSpec, TrainingSpec
 from tuneloop.training import train_lora
-from tuneloop.training.loop import (FastDropout, batch_loss, build_lora_model, encode_rows, token_loss_sum,
-                                    use_fast_dropout)
+from tuneloop.training.loop import FastDropout, build_lora_model, use_fast_dropout
+from tuneloop.training.objectives import batch_loss, encode_rows, token_loss_sum
 from tuneloop.training.packing import (collate, collate_packed, collate_padded, enable_varlen_attention,
                                        epoch_batches, first_fit_decreasing)
 
@@ -217,7 +217,7 @@ def test_packing_is_exact_only_for_models_that_separate_examples_by_position_ids
 def test_the_lm_head_shortcut_is_taken_only_when_it_gives_the_models_own_logits(tiny_base, examples):
     """A model whose forward changes its logits in a way no config flag announces (here: divides them by 2)
     fails the one-time numeric check and takes the full forward: the loss stays the model's own."""
-    from tuneloop.training.loop import _backbone_and_head
+    from tuneloop.training.objectives import _backbone_and_head
 
     tok, enc = examples
     plain = lora_model(tiny_base, varlen=False).eval()

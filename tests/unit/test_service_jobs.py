@@ -36,6 +36,17 @@ def test_hyperparameters_override_the_preset_and_the_multiplier_scales_its_rate(
     assert legacy["hyperparameters"] == {"batch_size": 4}
 
 
+def test_a_dpo_job_trains_with_dpo_and_its_beta(tmp_path):
+    body = {"model": TINY_BASE, "training_file": "file-x",
+            "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25, "n_epochs": 2}}}}
+    spec, shown = build_spec(parse_create(body), TINY_BASE, "acme", "ftjob-" + "5" * 24, tmp_path / "t.jsonl", None)
+    assert (spec.training.method, spec.training.beta, spec.training.epochs) == ("dpo", 0.25, 2)
+    assert shown["beta"] == 0.25
+    plain, _ = build_spec(parse_create({"model": TINY_BASE, "training_file": "file-x", "method": {"type": "dpo"}}),
+                          TINY_BASE, "acme", "ftjob-" + "6" * 24, tmp_path / "t.jsonl", None)
+    assert (plain.training.method, plain.training.beta) == ("dpo", 0.1)
+
+
 def test_a_base_without_a_preset_trains_with_the_production_defaults(tmp_path):
     spec, shown = build_spec(req(model="org/some-model"), "org/some-model", "acme", "ftjob-" + "3" * 24,
                              tmp_path / "t.jsonl", None)
@@ -48,7 +59,10 @@ def test_a_base_without_a_preset_trains_with_the_production_defaults(tmp_path):
     ({"model": TINY_BASE, "training_file": "f", "suffix": "has space"}, "suffix"),
     ({"model": TINY_BASE, "training_file": "f", "hyperparameters": {"n_epochs": 0}}, "hyperparameters.n_epochs"),
     ({"model": TINY_BASE, "training_file": "f", "hyperparameters": {"epochs": 3}}, "hyperparameters.epochs"),
-    ({"model": TINY_BASE, "training_file": "f", "method": {"type": "dpo"}}, "method.type"),
+    ({"model": TINY_BASE, "training_file": "f", "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}},
+     "method.dpo.hyperparameters.beta"),
+    ({"model": TINY_BASE, "training_file": "f", "method": {"type": "supervised", "supervised": {
+        "hyperparameters": {"beta": 0.1}}}}, "method.supervised.hyperparameters.beta"),
     ({"model": TINY_BASE, "training_file": "f", "method": {"type": "reinforcement"}}, "method.type"),
     ({"model": TINY_BASE, "training_file": "f", "integrations": [{"type": "wandb"}]}, "integrations"),
     ({"model": TINY_BASE, "training_file": "f", "metadata": {"k": 1}}, "metadata"),

@@ -68,7 +68,8 @@ def cmd_train(args) -> int:
     settings = get_settings()
     base = resolve_base_model(spec.base_model, settings.models_dir)
     ds = prepare_dataset(spec.data, spec.dataset, spec.eval_data, count_tokens(load_tokenizer(base)),
-                         spec.dataset.max_tokens or spec.training.max_seq_len, tenant=spec.tenant)
+                         spec.dataset.max_tokens or spec.training.max_seq_len, tenant=spec.tenant,
+                         method=spec.training.method)
     out = Path(args.out) if args.out else settings.runs_dir / f"train-{ds.version[:12]}"
     result = train_lora(spec.training, base, ds.train, ds.validation, out, resume=not args.no_resume)
     summary = {k: v for k, v in result.to_json().items() if k != "history"}

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from tuneloop.data.validate import Issue, Row, ValidationReport, validate_file
+from tuneloop.data.validate import Issue, Row, ValidationReport, check_count, validate_file
 from tuneloop.errors import DataValidationError, UserError
 from tuneloop.runtime.fsutil import atomic_write_text, publish_dir, staging_dir
 from tuneloop.specs import DataSpec
@@ -92,18 +92,104 @@ def read_rows_strict(path: str | Path, spec: DataSpec, count_tokens=None, max_to
     return report
 
 
-def resolve_input(data: str | Path) -> tuple[Path, dict | None]:
-    """A JSONL file as is; a dataset folder (built from feedback) must carry its datasheet."""
+METHODS = ("sft", "dpo", "kto", "sft+dpo")
+# what each method trains on, in a feedback dataset folder (tuneloop.feedback.build writes these files)
+FOLDER_FILES = {"sft": ("sft.jsonl",), "dpo": ("preference.jsonl",), "kto": ("sft.jsonl", "negatives.jsonl"),
+                "sft+dpo": ("sft.jsonl", "preference.jsonl")}
+
+
+def resolve_input(data: str | Path, method: str = "sft") -> tuple[list[Path], dict | None]:
+    """The files to read: a JSONL file as is; from a dataset folder (built from feedback, so it must carry its
+    datasheet) the files `method` trains on."""
     path = Path(data)
     if not path.is_dir():
-        return path, None
+        return [path], None
     folder = resolve_dataset_dir(path)
     sheet = folder / DATASHEET
     if not sheet.exists():
         raise UserError(str(folder), "has no datasheet.json, and training needs one (sources, license, window, "
                         "redaction, tenant)", "build the folder with the collect-feedback flow or "
                         "`tuneloop feedback build`, or pass a JSONL file")
-    return folder / "sft.jsonl", json.loads(sheet.read_text())
+    return [folder / name for name in FOLDER_FILES[method]], json.loads(sheet.read_text())
+
+
+def _read_one(path: Path, spec: DataSpec, count_tokens, max_tokens, tenant: str) -> ValidationReport:
+    """Every row of one file as Rows: chat rows, preference pairs (an OpenAI DPO file, a feedback dataset's
+    preference.jsonl) or a feedback dataset's undesirable answers (negatives.jsonl)."""
+    from tuneloop.data.preference import (read_feedback_negatives, read_feedback_pairs, sniff_format,
+                                          validate_preference_file)
+
+    if path.name == "preference.jsonl" and (path.parent / DATASHEET).exists():
+        report = read_feedback_pairs(path, tenant)
+    elif path.name == "negatives.jsonl" and (path.parent / DATASHEET).exists():
+        report = read_feedback_negatives(path, tenant)
+    elif sniff_format(path) == "dpo":
+        report = validate_preference_file(path, min_examples=0, tenant=tenant)
+        report.rows = [r.to_row() for r in report.rows]
+    else:
+        return validate_file(path, min_examples=0, max_tokens=max_tokens, count_tokens=count_tokens, tenant=tenant)
+    if count_tokens is not None and max_tokens is not None:
+        kept = []
+        for r in report.rows:
+            r.n_tokens = count_tokens(r.messages)
+            if r.rejected is not None:
+                r.n_tokens = max(r.n_tokens, count_tokens(r.prompt_messages + [{"role": "assistant",
+                                                                                "content": r.rejected}]))
+            if r.n_tokens > max_tokens:
+                report.issues.append(Issue(r.line, "too_long", f"{r.n_tokens} tokens, over the limit of {max_tokens}"))
+            else:
+                kept.append(r)
+        report.rows = kept
+    return report
+
+
+def read_training_rows(data: str | Path, spec: DataSpec, method: str = "sft", count_tokens=None, max_tokens=None,
+                       report_dir: Path | None = None, tenant: str = "default") -> tuple[ValidationReport, dict | None]:
+    """Validate what `method` trains on and raise `DataValidationError` listing every problem, before anything is
+    written; also the dataset folder's datasheet (None for a file). Raises UserError when the data holds nothing
+    `method` can learn from (DPO without pairs, KTO without an undesirable answer)."""
+    if method not in METHODS:
+        raise UserError(f"training.method {method!r}", "is not a training method", f"use one of {', '.join(METHODS)}")
+    paths, sheet = resolve_input(data, method)
+    report = ValidationReport(str(paths[0]))
+    for path in paths:
+        part = _read_one(path, spec, count_tokens, max_tokens, tenant)
+        for issue in part.issues:
+            report.issues.append(issue if len(paths) == 1 else Issue(issue.line, issue.rule,
+                                                                     f"{path.name}: {issue.message}", issue.severity))
+        report.rows += part.rows
+        report.lines_read += part.lines_read
+        report.format = part.format if len(paths) == 1 else "mixed"
+    check_count(report, spec.min_examples)
+    if not report.ok:
+        report_path = None
+        if report_dir is not None:
+            report_path = report.write(Path(report_dir) / f"validation-{paths[0].stem}.json")
+        raise DataValidationError(str(paths[0] if len(paths) == 1 else paths[0].parent), report.errors, report_path)
+    where = str(paths[0] if sheet is None else paths[0].parent)
+    pairs = sum(r.rejected is not None for r in report.rows)
+    if method in ("dpo", "sft+dpo") and not pairs:
+        raise UserError(where, f"holds no preference pairs, and method {method} trains on pairs (a preferred and a "
+                        "non-preferred answer to the same prompt)",
+                        "give an OpenAI DPO file (input, preferred_output, non_preferred_output), or a feedback "
+                        "dataset with corrections, or train with method sft")
+    if method == "kto" and not pairs and not any(desirable(r) is False for r in report.rows):
+        raise UserError(where, "holds no undesirable answer, and method kto learns from good and bad ones",
+                        'mark bad answers with "label": false (or a low rating or score), give a feedback dataset '
+                        "with negatives, or train with method sft")
+    return report, sheet
+
+
+def desirable(row: Row, min_score: float = 0.7, min_rating: float = 3) -> bool:
+    """Whether a row's answer is a good one: its label; else its rating or score against the feedback store's
+    thresholds (below is negative); else True (a chat row with no signal is an example to follow)."""
+    if row.label is not None:
+        return row.label
+    if row.rating is not None:
+        return row.rating >= min_rating
+    if row.score is not None:
+        return row.score >= min_score
+    return True
 
 
 def prepare_dataset(
@@ -114,17 +200,24 @@ def prepare_dataset(
     max_tokens: int | None = None,
     report_dir: Path | None = None,
     tenant: str | None = None,
+    method: str = "sft",
 ) -> PreparedDataset:
     """Validate, deduplicate, split and leak-check. Raises before writing anything if data is bad.
+
+    `method` picks what is read (tuneloop.training.objectives): chat rows for SFT, preference pairs for DPO,
+    answers marked desirable or not for KTO; rows keep `rejected` and `label`, and the splits keep a prompt's
+    rows together. Held-out rows are compared on their preferred (or desirable) answer.
 
     With `tenant`, every row must belong to it: tenants are never mixed in one dataset. A row that names
     no tenant belongs to `tenant` (else to "default").
     """
-    data, sheet = resolve_input(data)
+    paths, sheet = resolve_input(data, method)
     if sheet is not None and tenant is not None and sheet.get("tenant") != tenant:
-        raise UserError(str(data.parent), f"was built for tenant {sheet.get('tenant')!r}, not {tenant!r}",
+        raise UserError(str(paths[0].parent), f"was built for tenant {sheet.get('tenant')!r}, not {tenant!r}",
                         "train each tenant on its own dataset folder")
-    report = read_rows_strict(data, spec, count_tokens, max_tokens, report_dir, tenant=tenant or "default")
+    report, sheet = read_training_rows(data, spec, method, count_tokens, max_tokens, report_dir,
+                                       tenant=tenant or "default")
+    data = paths[0] if len(paths) == 1 else paths[0].parent
     if tenant is not None:
         foreign = [Issue(r.line, "tenant", f"row belongs to tenant {r.tenant!r}, this dataset is for {tenant!r}")
                    for r in report.rows if r.tenant != tenant]
@@ -145,11 +238,11 @@ def prepare_dataset(
         splits["validation" if b < val_cut else "test" if b < test_cut else "train"].append(r)
 
     if eval_data is not None:
-        ev = read_rows_strict(eval_data, spec, count_tokens, max_tokens, report_dir, min_examples=1,
-                              tenant=tenant or "default")
-        eval_rows = list({r.key: r for r in ev.rows}.values())
-    else:
-        eval_rows = splits["test"]
+        ev, _ = read_training_rows(eval_data, spec.model_copy(update={"min_examples": 1}), "sft", count_tokens,
+                                   max_tokens, report_dir, tenant=tenant or "default")  # chat or preference rows
+        eval_rows = list({r.key: r for r in ev.rows if r.label is not False}.values())
+    else:  # the answers to follow, never the ones to avoid
+        eval_rows = [r for r in splits["test"] if r.label is not False]
 
     # No evaluation prompt may be trained on: drop leaking rows from train and validation.
     eval_prompts = {r.prompt_key for r in eval_rows}

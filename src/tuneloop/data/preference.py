@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneloop.data.validate import (Issue, ValidationReport, check_count, check_messages, check_row, missing,
+from tuneloop.data.validate import (Issue, Row, ValidationReport, check_count, check_messages, check_row, missing,
                                     read_objects)
 
 KINDS = {"chat": "chat (messages, or prompt and completion)",
@@ -35,6 +35,12 @@ class PreferenceRow:
     chosen: str
     rejected: str
     tenant: str = "default"
+
+    def to_row(self) -> Row:
+        """The pair as a training row: the prompt and the preferred answer as its conversation, the other
+        answer as `rejected`."""
+        return Row(self.line, [dict(m) for m in self.prompt_messages] + [{"role": "assistant", "content": self.chosen}],
+                   tenant=self.tenant, rejected=self.rejected)
 
     def to_json(self) -> dict:
         return {"prompt": [{"role": m["role"], "content": m["content"]} for m in self.prompt_messages],
@@ -162,4 +168,50 @@ def validate_training_file(path: str | Path, min_examples: int = 10, tenant: str
             f"is); {other_count} row(s) of the other kind in all")))
         report.issues.sort(key=lambda i: i.line)
     check_count(report, min_examples)
+    return report
+
+
+def sniff_format(path: str | Path) -> str:
+    """"dpo" or "chat": the kind of the file's first recognizable row (chat when none is, or no file)."""
+    report = ValidationReport(str(path))
+    if not Path(path).exists():
+        return "chat"
+    for _, obj in read_objects(path, report):
+        if (kind := detect_format(obj)) is not None:
+            return kind
+    return "chat"
+
+
+def read_feedback_pairs(path: str | Path, tenant: str) -> ValidationReport:
+    """A feedback dataset's preference.jsonl ({"prompt": [...], "chosen", "rejected"}) as Rows with `rejected`,
+    each line checked by the preference file's rules."""
+    report = ValidationReport(str(path), format="dpo")
+    if missing(path, report):
+        return report
+    for line, obj in read_objects(path, report):
+        if isinstance(obj, dict):
+            obj = {"input": {"messages": obj.get("prompt")},
+                   "preferred_output": [{"role": "assistant", "content": obj.get("chosen")}],
+                   "non_preferred_output": [{"role": "assistant", "content": obj.get("rejected")}],
+                   "tenant": obj.get("tenant", tenant)}
+        row, issues = check_preference_row(obj, line, tenant)
+        report.issues.extend(issues)
+        if row is not None:
+            report.rows.append(row.to_row())
+    return report
+
+
+def read_feedback_negatives(path: str | Path, tenant: str) -> ValidationReport:
+    """A feedback dataset's negatives.jsonl ({"messages": [...], "response"}) as undesirable Rows (label False)."""
+    report = ValidationReport(str(path))
+    if missing(path, report):
+        return report
+    for line, obj in read_objects(path, report):
+        if isinstance(obj, dict) and isinstance(obj.get("messages"), list):
+            obj = {"messages": [*obj["messages"], {"role": "assistant", "content": obj.get("response")}],
+                   "label": False, "tenant": obj.get("tenant", tenant)}
+        row, issues = check_row(obj, line, tenant)
+        report.issues.extend(issues)
+        if row is not None:
+            report.rows.append(row)
     return report

@@ -3,7 +3,8 @@
 Accepted shapes, one JSON object per line:
   {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
   {"prompt": "...", "completion": "..."}
-with optional "rating" (1-5), "score" (0-1) and "tenant" (string).
+with optional "rating" (1-5), "score" (0-1), "tenant" (string) and "label" (true or false: whether the
+answer is a good one, for KTO).
 (Preference rows for DPO, and telling the two kinds of file apart: `tuneloop.data.preference`.)
 Every problem is reported with its line, the rule and how to fix it; the
 whole file is read so that one run lists all problems at once. Bytes that
@@ -24,7 +25,8 @@ from typing import Callable, Iterator
 
 ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = {"role", "content", "name", "weight", "tool_calls", "function_call", "tool_call_id"}
-ROW_KEYS = {"messages", "prompt", "completion", "rating", "score", "tenant", "id", "metadata", "user", "timestamp"}
+ROW_KEYS = {"messages", "prompt", "completion", "rating", "score", "tenant", "id", "metadata", "user", "timestamp",
+            "label"}
 
 FIXES = {
     "json": "write exactly one JSON object per line (no trailing commas, double quotes only)",
@@ -80,11 +82,19 @@ class Row:
     score: float | None = None
     tenant: str = "default"
     n_tokens: int | None = None  # counted once during validation, reused by the cost estimate
+    # preference data: `rejected` is the answer to avoid (the final assistant message is the one to prefer);
+    # `label` says whether the final answer is desirable (True) or undesirable (False), for KTO
+    rejected: str | None = None
+    label: bool | None = None
 
     @property
     def canonical(self) -> str:
-        return json.dumps([{"role": m["role"], "content": m["content"]} for m in self.messages],
-                          ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        out: list = [{"role": m["role"], "content": m["content"]} for m in self.messages]
+        if self.rejected is not None:
+            out.append({"rejected": self.rejected})
+        if self.label is not None:
+            out.append({"label": self.label})
+        return json.dumps(out, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
     @property
     def key(self) -> str:
@@ -114,6 +124,10 @@ class Row:
             out["rating"] = self.rating
         if self.score is not None:
             out["score"] = self.score
+        if self.rejected is not None:
+            out["rejected"] = self.rejected
+        if self.label is not None:
+            out["label"] = self.label
         return out
 
 
@@ -244,6 +258,9 @@ def check_row(obj, line: int, tenant: str) -> tuple[Row | None, list[Issue]]:
         bad("no_assistant", "no assistant message: nothing to learn from this row")
 
     rating, score, tenant = obj.get("rating"), obj.get("score"), obj.get("tenant", tenant)
+    label = obj.get("label")
+    if label is not None and not isinstance(label, bool):
+        bad("type", f"label {label!r} is not true or false (whether the answer is a good one, for KTO)")
     if rating is not None and not _is_number(rating):
         bad("type", f"rating {rating!r} is not a number")
     elif rating is not None and not 1 <= rating <= 5:
@@ -256,7 +273,7 @@ def check_row(obj, line: int, tenant: str) -> tuple[Row | None, list[Issue]]:
         bad("type", f"tenant {tenant!r} is not a non-empty string")
     if issues:
         return None, issues
-    return Row(line, norm, rating, score, tenant), issues
+    return Row(line, norm, rating, score, tenant, label=label), issues
 
 
 def validate_file(

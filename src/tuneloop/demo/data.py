@@ -390,6 +390,43 @@ def write_demo_data(out_dir: pathlib.Path, seed: int = 0) -> dict[str, pathlib.P
     return paths
 
 
+def preference_row(row: dict, wrong: str) -> dict:
+    """A chat row as an OpenAI DPO row: its answer preferred, `wrong` not."""
+    msgs = row["messages"]
+    return {"input": {"messages": msgs[:-1]}, "preferred_output": [msgs[-1]],
+            "non_preferred_output": [{"role": "assistant", "content": wrong}], "tenant": TENANT}
+
+
+def _wrong(intent: str, rng: random.Random) -> str:
+    return rng.choice([i for i in INTENTS if i != intent])
+
+
+def write_preference_data(out_dir: pathlib.Path, seed: int = 0) -> dict[str, pathlib.Path]:
+    """The routing task as preference data (the same prompts as `write_demo_data`, same held-out partition):
+
+    - pairs.jsonl: OpenAI DPO rows, the right intent preferred over a wrong one drawn at random;
+    - thumbs.jsonl: unpaired thumbs for KTO, each prompt once: the right intent with "label": true for
+      two in five prompts, a wrong one with "label": false for the rest (users flag bad answers more);
+    - heldout-pairs.jsonl: held-out DPO rows (preference accuracy), beside heldout.jsonl (exact match).
+    """
+    out_dir = pathlib.Path(out_dir)
+    feedback, heldout, _ = _build_splits(seed)
+    rng = random.Random(seed + 1)
+    pairs = [preference_row(r, _wrong(r["messages"][-1]["content"], rng)) for r in feedback]
+    thumbs = []
+    for r in feedback:
+        msgs, good = r["messages"], rng.random() < 0.4
+        answer = msgs[-1]["content"] if good else _wrong(msgs[-1]["content"], rng)
+        thumbs.append({"messages": msgs[:-1] + [{"role": "assistant", "content": answer}], "label": good,
+                       "tenant": TENANT})
+    held = [preference_row(r, _wrong(r["messages"][-1]["content"], rng)) for r in heldout]
+    paths = {"pairs": out_dir / "pairs.jsonl", "thumbs": out_dir / "thumbs.jsonl",
+             "heldout_pairs": out_dir / "heldout-pairs.jsonl", "heldout": out_dir / "heldout.jsonl"}
+    for key, rows in (("pairs", pairs), ("thumbs", thumbs), ("heldout_pairs", held), ("heldout", heldout)):
+        _atomic_write_jsonl(paths[key], rows)
+    return paths
+
+
 def read_jsonl(path: pathlib.Path) -> list[dict]:
     """Small helper: load a JSONL file written by write_demo_data."""
     with open(path, encoding="utf-8") as fh:

@@ -63,7 +63,8 @@ def generate(model, tok, prompts: list[list[dict]], max_new_tokens: int, batch_s
 
 
 def evaluate_rows(model, tok, rows: list[Row], spec: EvalSpec, label: str) -> EvalResult:
-    from tuneloop.training.loop import encode_rows, mean_loss
+    from tuneloop.training.loop import mean_loss
+    from tuneloop.training.objectives import encode_rows
 
     t0 = time.perf_counter()
     rows = rows[: spec.max_items] if spec.max_items else rows

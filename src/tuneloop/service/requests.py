@@ -3,7 +3,8 @@
 Unset hyperparameters come from the base model's preset: the tiny local base uses the demo preset (the
 one `make demo` trains with), a base named by a shipped preset uses that preset, any other base the
 production defaults. `learning_rate_multiplier` multiplies the preset's rate; `batch_size` is the batch
-per optimizer step, as OpenAI's is; `n_epochs` the passes over the training file.
+per optimizer step, as OpenAI's is; `n_epochs` the passes over the training file. A `dpo` job trains on a
+preference file with DPO (`beta`, default 0.1), its reference the base with the adapter switched off.
 """
 
 from __future__ import annotations
@@ -81,14 +82,12 @@ def parse_create(body: dict) -> dict:
     if kind == "reinforcement":
         raise BadField("method.type", kind, "reinforcement fine-tuning is not supported",
                        "use method type supervised")
-    if kind == "dpo":
-        raise BadField("method.type", kind, "preference (DPO) training is not available in this release yet",
-                       "train with method type supervised on the chat rows, or wait for preference training")
     section = method.get(kind) or {}
     if not isinstance(section, dict):
         raise BadField(f"method.{kind}", section, "must be an object with hyperparameters", "fix the method")
     hyper = _hyper(body.get("hyperparameters"), "hyperparameters") | _hyper(
-        section.get("hyperparameters"), f"method.{kind}.hyperparameters")
+        section.get("hyperparameters"), f"method.{kind}.hyperparameters",
+        frozenset({"beta"}) if kind == "dpo" else frozenset())
     return {"model": body["model"], "training_file": body["training_file"], "validation_file": validation,
             "suffix": suffix, "seed": seed, "metadata": metadata, "method": kind, "hyperparameters": hyper}
 
@@ -123,6 +122,8 @@ def build_spec(req: dict, base: str, tenant: str, job_id: str, training: Path, v
     if req["seed"] is not None:
         training_spec["seed"] = req["seed"]
     training_spec["learning_rate"] = lr
+    if req["method"] == "dpo":  # the reference is the base with the adapter off (or the model this job continues)
+        training_spec |= {"method": "dpo", "beta": hyper.get("beta", 0.1)}
     training_spec["keep_checkpoints"] = 3  # as OpenAI keeps the last three, each usable as a model
     if init_adapter is not None:
         training_spec["init_adapter"] = str(init_adapter)
@@ -137,4 +138,6 @@ def build_spec(req: dict, base: str, tenant: str, job_id: str, training: Path, v
              "batch_size": spec.training.batch_size * spec.training.gradient_accumulation,
              "learning_rate_multiplier": hyper.get("learning_rate_multiplier", 1.0),
              "learning_rate": spec.training.learning_rate, "preset": preset}
+    if spec.training.method == "dpo":
+        shown["beta"] = spec.training.beta
     return spec, shown

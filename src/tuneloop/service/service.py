@@ -80,10 +80,16 @@ class Service:
         files = [("training_file", train)]
         if req["validation_file"]:
             files.append(("validation_file", self.files.get(tenant, req["validation_file"])))
+        wanted = "dpo" if req["method"] == "dpo" else "chat"
         for param, f in files:
-            if f.get("format", "chat") != "chat":
+            if f.get("format", "chat") != wanted and wanted == "chat":
                 raise UserError(f"{param}={f['id']}", f"holds {f.get('format')} rows; a supervised job trains on "
-                                "chat rows", "upload a chat-format file (messages or prompt/completion)")
+                                "chat rows", "upload a chat-format file (messages or prompt/completion), or create "
+                                "the job with method={'type': 'dpo'}")
+            if f.get("format", "chat") != wanted:
+                raise UserError(f"{param}={f['id']}", f"holds {f.get('format')} rows; a dpo job trains on preference "
+                                "rows", "upload a preference file (input, preferred_output, non_preferred_output), "
+                                "or create the job with method={'type': 'supervised'}")
         if train.get("rows", 0) < MIN_EXAMPLES:
             raise UserError(f"training_file={train['id']}", f"has {train.get('rows')} example(s); a job needs at "
                             f"least {MIN_EXAMPLES}", "add examples to the file and upload it again")

@@ -48,7 +48,8 @@ def validate_dataset(spec: RetrainSpec, base_path: str) -> PreparedDataset:
     limit = spec.dataset.max_tokens or min(spec.training.max_seq_len, getattr(tok, "model_max_length", 10**9))
     try:
         ds = prepare_dataset(spec.data, spec.dataset, eval_data=spec.eval_data, count_tokens=count_tokens(tok),
-                             max_tokens=limit, report_dir=settings.state_dir / "reports", tenant=spec.tenant)
+                             max_tokens=limit, report_dir=settings.state_dir / "reports", tenant=spec.tenant,
+                             method=spec.training.method)
     except DataValidationError as e:
         if e.report_path:
             shared.push(e.report_path)  # the report is read where the run is watched, not on this machine

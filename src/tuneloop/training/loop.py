@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from tuneloop.models.base import device, load_model, load_tokenizer
-from tuneloop.models.chat import IGNORE, encode_chat
 from tuneloop.data.validate import Row
 from tuneloop.runtime.fsutil import atomic_write_text, publish_dir, staging_dir
 from tuneloop.specs import TrainingSpec
 from tuneloop.training.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from tuneloop.training.objectives import batch_loss, make_objective
 from tuneloop.training.packing import collate as collate_batch
 from tuneloop.training.packing import enable_varlen_attention, epoch_batches, packing_is_exact
 
@@ -76,94 +76,9 @@ def build_lora_model(base_path: str, spec: TrainingSpec):
     return get_peft_model(model, cfg)
 
 
-def encode_rows(tok, rows: list[Row], max_len: int) -> list[tuple[list[int], list[int]]]:
-    out = []
-    for r in rows:
-        ids, labels = encode_chat(tok, r.messages)
-        ids, labels = ids[:max_len], labels[:max_len]
-        if any(lab != IGNORE for lab in labels[1:]):  # the first token is never a target
-            out.append((ids, labels))
-    return out
-
-
-_SCALED_HEAD = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
-
-
-def _split_backbone_and_head(model):
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    if any(getattr(cfg, a, None) is not None for a in _SCALED_HEAD):
-        return None
-    backbone, head = getattr(base, "base_model", None), base.get_output_embeddings()
-    if backbone is None or backbone is base or head is None:
-        return None
-    return backbone, head
-
-
-@torch.no_grad()
-def _head_matches(model, backbone, head) -> bool:
-    """Whether `head(backbone(ids))` gives the model's own logits, on 8 tokens (eval mode, no RNG drawn):
-    a model that scales, caps or trims its logits in a way no config flag announces fails here."""
-    was_training = model.training
-    model.eval()
-    try:
-        ids = (torch.arange(1, 9, device=head.weight.device) % head.weight.shape[0]).unsqueeze(0)
-        full = model(input_ids=ids, use_cache=False).logits.float()
-        hidden = backbone(input_ids=ids, use_cache=False).last_hidden_state
-        split = head(hidden.to(head.weight.dtype) if head.weight.is_floating_point() else hidden).float()
-        return full.shape == split.shape and torch.allclose(full, split, rtol=1e-4, atol=1e-4)
-    except Exception:  # noqa: BLE001 - any surprise means: take the full forward
-        return False
-    finally:
-        model.train(was_training)
-
-
-def _backbone_and_head(model):
-    """(decoder, LM head) when the model's logits are exactly `head(decoder(...).last_hidden_state)`; else None.
-    Checked numerically once per model (`_head_matches`), so an unknown logit transform falls back safely."""
-    cached = getattr(model, "_tuneloop_head_split", None)
-    if cached is None:
-        parts = _split_backbone_and_head(model)
-        if parts is not None and not _head_matches(model, *parts):
-            parts = None
-        cached = parts or False
-        object.__setattr__(model, "_tuneloop_head_split", cached)  # a plain attribute, not a submodule
-    return cached or None
-
-
-def token_loss_sum(model, ids, labels, mask=None, position_ids=None, **kwargs) -> tuple[torch.Tensor, int]:
-    """Summed next-token loss over label tokens, and how many there were.
-
-    The LM head (hidden x vocabulary) runs only at positions whose next token is a label; prompt
-    positions, a large share of every row, skip it. Models whose head scales its logits take the
-    full forward.
-    """
-    target = labels[:, 1:]
-    keep = target != IGNORE
-    parts = _backbone_and_head(model)
-    if parts is None:
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
-                       **kwargs).logits
-        logits, target = logits[:, :-1][keep], target[keep]
-    else:
-        backbone, head = parts
-        hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
-                          **kwargs).last_hidden_state
-        hidden, target = hidden[:, :-1][keep], target[keep]
-        logits = head(hidden.to(head.weight.dtype) if head.weight.is_floating_point() else hidden)
-    loss = torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum")
-    return loss, int(target.numel())
-
-
-def batch_loss(model, batch: dict, varlen: bool = False) -> tuple[torch.Tensor, int]:
-    """token_loss_sum of a collated batch; `varlen` when the model runs `varlen_attention` on one packed row."""
-    extra = {"segment_lengths": batch["segments"][0]} if varlen else {}
-    return token_loss_sum(model, batch["input_ids"], batch["labels"], batch.get("attention_mask"),
-                          batch.get("position_ids"), **extra)
-
-
 @torch.no_grad()
 def mean_loss(model, encoded, batch_size: int, pad_id: int, packed: bool = False, varlen: bool = False) -> float:
+    """Mean token loss of encoded chat examples (eval mode)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -171,6 +86,20 @@ def mean_loss(model, encoded, batch_size: int, pad_id: int, packed: bool = False
         batch = collate_batch(encoded[i: i + batch_size], pad_id, device(), packed, one_row=varlen)
         loss, n = batch_loss(model, batch, varlen)
         total, count = total + float(loss), count + n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def objective_loss(model, objective, batch_size: int, pad_id: int, packed: bool = False, varlen: bool = False) -> float:
+    """The objective's loss over all its units, normalized as in training (eval mode)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(objective), batch_size):
+        idx = list(range(i, min(i + batch_size, len(objective))))
+        loss, _ = objective.loss(model, idx, pad_id, device(), packed, varlen)
+        total, count = total + float(loss), count + sum(objective.counts[j] for j in idx)
     model.train(was_training)
     return total / max(count, 1)
 
@@ -249,14 +178,14 @@ def train_lora(
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
-    train_enc = encode_rows(tok, train_rows, spec.max_seq_len)
-    val_enc = encode_rows(tok, val_rows, spec.max_seq_len)
-    if not train_enc:
-        raise ValueError("no training row has an assistant token within max_seq_len")
-    lengths = [len(ids) for ids, _ in train_enc]
-    targets = [sum(lab != IGNORE for lab in labels[1:]) for _, labels in train_enc]
+    train_obj = make_objective(spec.method, tok, train_rows, spec.max_seq_len, spec)
+    val_obj = make_objective(spec.method, tok, val_rows, spec.max_seq_len, spec)
+    if not len(train_obj):
+        raise ValueError(f"no training {'row' if spec.method == 'sft' else 'example'} for method {spec.method} has "
+                         "an answer token within max_seq_len")
+    lengths, targets = train_obj.lengths, train_obj.counts
 
-    micro_per_epoch = math.ceil(len(train_enc) / spec.batch_size)
+    micro_per_epoch = math.ceil(len(train_obj) / spec.batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / spec.gradient_accumulation)
     total = spec.epochs * steps_per_epoch
     if spec.max_steps:
@@ -276,6 +205,8 @@ def train_lora(
     if ckpts:
         state = load_checkpoint(ckpts[-1], model, optimizer, scheduler)
         resumed_from = state["global_step"]
+        train_obj.load_state(state.get("objective", {}).get("train", {}))
+        val_obj.load_state(state.get("objective", {}).get("validation", {}))
         log(f"resuming from {ckpts[-1].name} (step {resumed_from}/{total})")
     elif not resume and (run_dir / "checkpoints").exists():
         shutil.rmtree(run_dir / "checkpoints")
@@ -284,10 +215,13 @@ def train_lora(
 
     tb = SummaryWriter(str(run_dir / "tb"), purge_step=state["global_step"] or None)
     pad_id, dev = tok.pad_token_id, device()
+    for obj in (train_obj, val_obj):  # the reference's log-probabilities, before the first step changes the adapter
+        obj.prepare(model, spec.batch_size * 2, pad_id, dev, packed, varlen, spec.init_adapter is not None, log)
+    state["objective"] = {"train": train_obj.state(), "validation": val_obj.state()}
     t0, tokens_at_start = time.perf_counter(), state["tokens"]
     layout = (("packed, per-example attention" if varlen else "packed, block mask") if packed
               else "padded, length-grouped" if spec.group_by_length else "padded")
-    log(f"training {n_trainable:,} LoRA parameters on {len(train_enc)} rows ({layout}): {total} steps "
+    log(f"training {n_trainable:,} LoRA parameters ({spec.method}) on {train_obj.describe()} ({layout}): {total} steps "
         f"({steps_per_epoch}/epoch), warmup {warmup}, lr {spec.learning_rate}")
 
     def publish_best(step: int) -> None:
@@ -308,12 +242,14 @@ def train_lora(
             step_micro = micro[s * spec.gradient_accumulation: (s + 1) * spec.gradient_accumulation]
             n_tokens = sum(targets[j] for mb in step_micro for j in mb)
             summed = torch.zeros((), dtype=torch.float64, device=dev)
+            seen: dict[str, float] = {}
             for mb in step_micro:
-                batch = collate_batch([train_enc[j] for j in mb], pad_id, dev, packed, one_row=varlen)
-                loss, _ = batch_loss(model, batch, varlen)
+                loss, stats = train_obj.loss(model, mb, pad_id, dev, packed, varlen)
                 (loss / n_tokens).backward()
                 summed += loss.detach()
                 state["tokens"] += sum(lengths[j] for j in mb)
+                for k, v in stats.items():
+                    seen[k] = seen.get(k, 0.0) + v
             step_loss = float(summed) / n_tokens
             torch.nn.utils.clip_grad_norm_(trainable, spec.max_grad_norm)
             optimizer.step()
@@ -326,9 +262,12 @@ def train_lora(
             tb.add_scalar("train/loss", step_loss, step)
             tb.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
             entry = {"step": step, "loss": step_loss, "t": round(time.time(), 3)}
+            for k, v in seen.items():  # preference objectives: share of units ranked right, margin, KL estimate
+                entry[k] = v / n_tokens
+                tb.add_scalar(f"train/{k}", entry[k], step)
 
-            if val_enc and (step % eval_every == 0 or step == total):
-                val = mean_loss(model, val_enc, spec.batch_size * 2, pad_id, packed, varlen)
+            if len(val_obj) and (step % eval_every == 0 or step == total):
+                val = objective_loss(model, val_obj, spec.batch_size * 2, pad_id, packed, varlen)
                 tb.add_scalar("val/loss", val, step)
                 entry["val_loss"] = val
                 if state["best_val"] is None or val < state["best_val"]:
@@ -344,6 +283,7 @@ def train_lora(
             if step % max(1, total // 10) == 0 or step == total:
                 rate = (state["tokens"] - tokens_at_start) / max(time.perf_counter() - t0, 1e-9)
                 extra = f" val {entry['val_loss']:.4f}" if "val_loss" in entry else ""
+                extra += f" accuracy {entry['accuracy']:.2f}" if "accuracy" in entry else ""
                 log(f"step {step}/{total} loss {step_loss:.4f}{extra} lr {scheduler.get_last_lr()[0]:.2e} {rate:,.0f} tok/s")
             if state["step_in_epoch"] >= steps_per_epoch:
                 state["epoch"] += 1
@@ -360,6 +300,8 @@ def train_lora(
                         save_checkpoint(run_dir, step, model, optimizer, scheduler, state, spec.keep_checkpoints)
                     log(f"stopped at step {step}/{total}: {stopped_reason}")
                     break
+            if state["step_in_epoch"] == 0:  # the epoch ended: the next one takes its own order (as a resume does)
+                break
     tb.close()
     seconds = time.perf_counter() - t0
 

@@ -81,7 +81,8 @@ def collate_padded(batch: list[Example], pad_id: int, dev: str) -> dict:
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for i, (x, y) in enumerate(batch):
         ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-    return {"input_ids": ids.to(dev), "labels": labels.to(dev), "attention_mask": mask.to(dev)}
+    owner = torch.arange(len(batch)).unsqueeze(1).expand(-1, width)
+    return {"input_ids": ids.to(dev), "labels": labels.to(dev), "attention_mask": mask.to(dev), "owner": owner.to(dev)}
 
 
 def collate_packed(batch: list[Example], pad_id: int, dev: str, capacity: int | None = None) -> dict:
@@ -97,6 +98,7 @@ def collate_packed(batch: list[Example], pad_id: int, dev: str, capacity: int | 
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
+    owner = torch.zeros((len(rows), width), dtype=torch.long)  # which example of `batch` each token is from
     ramp = torch.arange(width)
     for r, row in enumerate(rows):
         at = 0
@@ -105,10 +107,11 @@ def collate_packed(batch: list[Example], pad_id: int, dev: str, capacity: int | 
             ids[r, at: at + len(x)] = torch.tensor(x)
             labels[r, at + 1: at + len(y)] = torch.tensor(y[1:])
             pos[r, at: at + len(x)] = ramp[: len(x)]
+            owner[r, at: at + len(x)] = i
             at += len(x)
         pos[r, at:] = ramp[: width - at]
     return {"input_ids": ids.to(dev), "labels": labels.to(dev), "position_ids": pos.to(dev),
-            "segments": [[lengths[i] for i in row] for row in rows]}
+            "segments": [[lengths[i] for i in row] for row in rows], "owner": owner.to(dev)}
 
 
 def collate(batch: list[Example], pad_id: int, dev: str, packed: bool, one_row: bool = False) -> dict:
