@@ -49,6 +49,20 @@ class DataSpec(_Spec):
     seed: int = 0
 
 
+class ReplaySpec(_Spec):
+    """Rows of earlier dataset versions (and of a general set) mixed into a retrain's training rows, so what was
+    learned from them is not forgotten when they are no longer in the data."""
+
+    fraction: float = Field(0.05, ge=0, le=1, description="share of each earlier dataset version's training rows "
+                                                          "(at least one row of each)")
+    per_version: dict[str, float] = Field(default_factory=dict, description="dataset version (or its first 16 "
+                                          "characters) -> its own share, instead of fraction")
+    versions: int | None = Field(None, ge=1, description="only the N most recent earlier versions; None: all")
+    general: Path | None = Field(None, description="a general chat set (JSONL) to mix in as well")
+    general_fraction: float = Field(0.05, ge=0, le=1, description="rows of the general set, as a share of this "
+                                                                  "dataset's training rows")
+
+
 class TrainingSpec(_Spec):
     """LoRA / QLoRA training. Defaults are the production ones; see presets for the demo."""
 
@@ -79,11 +93,19 @@ class TrainingSpec(_Spec):
                                                        "of a fresh adapter")
     group_by_length: bool = Field(True, description="without packing: batch examples of similar length together "
                                                     "so padding stays small")
+    init_from: Literal["base", "champion"] = Field(
+        "base", description="champion: continue the tenant's champion adapter (a warm start; also the reference of "
+                            "dpo / kto) when it is on the same base; base: a fresh adapter")
+    replay: ReplaySpec | None = Field(None, description="mix in rows of the tenant's earlier dataset versions (those "
+                                      "behind its registered versions) and of a general set; None: off")
     method: Literal["sft", "dpo", "kto"] = Field(
         "sft", description="sft: learn the answers; dpo: prefer the preferred answer of each pair over the other; "
                            "kto: raise desirable answers and lower undesirable ones, unpaired (thumbs up and down)")
     beta: float = Field(0.1, gt=0, le=10, description="dpo / kto: how far from the reference the adapter may move "
                                                       "(higher: closer)")
+    sft_weight: float = Field(0.0, ge=0, le=10, description="dpo / kto: add this times the preferred (desirable) "
+                              "answer's mean token loss (TRL's rpo_alpha): preference losses rank answers; this also "
+                              "makes the model say them")
     desirable_weight: float | None = Field(None, gt=0, description="kto: weight of desirable answers; default: "
                                            "chosen from the counts as the KTO paper recommends")
     undesirable_weight: float | None = Field(None, gt=0, description="kto: weight of undesirable answers; default: "

@@ -230,6 +230,34 @@ def test_a_defective_file_is_refused_with_its_lines_and_nothing_is_stored(up, de
     assert "purpose" in e.value.body["message"]
 
 
+def test_a_dpo_job_through_the_openai_sdk(up, tmp_path):
+    """OpenAI's DPO job shape: a preference file, method dpo with beta. The tuned model answers the held-out
+    prompts better than the base; a chat file is refused for a dpo job, naming the file and the fix."""
+    from tuneloop.demo.data import write_preference_data
+
+    files = write_preference_data(tmp_path / "pref", seed=2)
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k != "tenant"} for x in p.read_text().splitlines()]  # noqa: E731
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", strip(files["pairs"]))
+    heldout = strip(files["heldout"])[:40]
+    client = openai.OpenAI(base_url=up.url, api_key=up.key("t-dpo"), max_retries=0)
+    f = client.files.create(file=open(pairs, "rb"), purpose="fine-tune")
+    chat = client.files.create(file=("chat.jsonl", "".join(json.dumps(r) + "\n" for r in heldout[:12]).encode()),
+                               purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.fine_tuning.jobs.create(model=BASE, training_file=chat.id, method={"type": "dpo"})
+    assert chat.id in e.value.body["message"] and "preference" in e.value.body["message"]
+    job = client.fine_tuning.jobs.create(model=BASE, training_file=f.id, suffix="prefs", seed=1, method={
+        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1, "n_epochs": 10}}})
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.1
+    done = wait_for(client, job.id, {"succeeded"}, 600, up)
+    version = versions_of(up.home, "t-dpo", job.id)[0]
+    manifest = json.loads((up.home / "registries" / "t-dpo" / "versions" / version / "manifest.json").read_text())
+    assert manifest["spec"]["training"]["method"] == "dpo" and manifest["spec"]["training"]["beta"] == 0.1
+    tuned, base = exact_match(client, done.fine_tuned_model, heldout), exact_match(client, BASE, heldout)
+    print(f"\n[dpo] held-out exact match: base {base:.3f} -> dpo {tuned:.3f} ({len(heldout)} items)")
+    assert tuned > base
+
+
 def test_tenants_see_only_their_own_and_keys_are_required(up, trained):
     t = trained("demo")
     a, f, job = t["client"], t["file"], t["job"]

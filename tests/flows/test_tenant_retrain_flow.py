@@ -41,6 +41,9 @@ def spec_without_data(heldout, **training):
     preset = yaml.safe_load(resources.files("tuneloop").joinpath("assets/demo-preset.yaml").read_text())
     preset.pop("data")
     preset["training"] |= training
+    # what these tests check is whose data, champion and registry a run uses; the feedback dataset (near
+    # duplicates removed) trains the tiny base to 0.49-0.6 exact match, around the demo's 0.5 floor
+    preset["gate"]["min_metrics"] = {"exact_match": 0.3}
     return validate_spec(preset | {"eval_data": str(heldout), "tenant": "default"})
 
 

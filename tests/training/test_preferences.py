@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -112,6 +111,25 @@ def test_the_losses_are_the_papers_formulas(tiny_base, pref_files):
                  for p, r, good in zip(pol_k, ref_k, kto.good.tolist()))
     assert float(k_loss) == pytest.approx(want_k, rel=1e-3)
     assert kto.good.tolist() == [True, False] * 5  # each pair gave one desirable and one undesirable answer
+
+
+def test_sft_weight_adds_the_preferred_answers_mean_token_loss(tiny_base, pref_files):
+    tok = load_tokenizer(tiny_base)
+    model = build_lora_model(tiny_base, TrainingSpec(dropout=0.0, target_modules=ALL)).eval()
+    rows = pairs(pref_files, 4)
+    plain, mixed = (DPO(tok, rows, 512, TrainingSpec(method="dpo", sft_weight=w)) for w in (0.0, 0.7))
+    good_plain, good_mixed = (KTO(tok, rows, 512, TrainingSpec(method="kto", sft_weight=w)) for w in (0.0, 0.7))
+    for obj in (plain, mixed, good_plain, good_mixed):
+        obj.prepare(model, 8, tok.pad_token_id, "cpu", True, False, False, lambda m: None)
+    perturbed(model, seed=4)
+    with torch.no_grad():
+        nll = [-full_logp(model, *c) / sum(lab != -100 for lab in c[1][1:]) for c, _ in plain.pairs]
+        d0, _ = plain.loss(model, [0, 1, 2, 3], tok.pad_token_id, "cpu", True, False)
+        d1, _ = mixed.loss(model, [0, 1, 2, 3], tok.pad_token_id, "cpu", True, False)
+        k0, _ = good_plain.loss(model, list(range(8)), tok.pad_token_id, "cpu", True, False)
+        k1, _ = good_mixed.loss(model, list(range(8)), tok.pad_token_id, "cpu", True, False)
+    assert float(d1 - d0) == pytest.approx(0.7 * sum(nll), rel=1e-3)
+    assert float(k1 - k0) == pytest.approx(0.7 * sum(nll), rel=1e-3)  # the desirable answers are the preferred ones
 
 
 @pytest.mark.parametrize("n_good, n_bad, want", [(10, 10, (1.0, 1.0)), (10, 100, (10.0, 1.0)),

@@ -51,7 +51,23 @@ def test_task_win_with_forgetting_is_rejected():
     d = decide(*wrap(cand), *wrap(inc), gate, guarded={"arc_easy": (general_cand, general_inc)})
     assert not d.promote
     assert d.guarded["arc_easy"]["drop"] > 0.02 and d.guarded["arc_easy"]["ok"] is False
-    assert "arc_easy regression" in d.reason
+    assert "arc_easy drop vs champion, lower 95% bound" in d.reason
+    assert d.guarded["arc_easy"]["interval"]["low"] > 0.02  # beyond the tolerance with 95% confidence
+
+
+def test_one_changed_answer_on_a_small_benchmark_is_not_forgetting():
+    """20 items, one answer lost: a 0.05 point drop, over the 0.02 tolerance, but well inside the noise."""
+    cand, inc = scores(200, 0.9, 4), scores(200, 0.5, 5)
+    general_inc = {f"g{i}": float(i % 2 == 0) for i in range(20)}
+    general_cand = dict(general_inc, g0=0.0)
+    gate = GateSpec(guarded={"arc_easy": 0.02})
+    d = decide(*wrap(cand), *wrap(inc), gate, guarded={"arc_easy": (general_cand, general_inc)})
+    assert d.promote and d.guarded["arc_easy"]["drop"] == pytest.approx(0.05), d.reason
+    point = decide(*wrap(cand), *wrap(inc), GateSpec(guarded={"arc_easy": 0.02}, bootstrap_resamples=0),
+                   guarded={"arc_easy": (general_cand, general_inc)})
+    assert not point.promote  # the point estimate alone would call it forgetting
+    lost = dict(general_inc, **{f"g{i}": 0.0 for i in range(0, 20, 2)[:6]})  # six of ten right answers lost
+    assert not decide(*wrap(cand), *wrap(inc), gate, guarded={"arc_easy": (lost, general_inc)}).promote
     # the same task win without the regression is promoted
     ok = decide(*wrap(cand), *wrap(inc), gate, guarded={"arc_easy": (general_inc, general_inc)})
     assert ok.promote and ok.guarded["arc_easy"]["drop"] == 0

@@ -264,3 +264,59 @@ def prepare_dataset(
                                           "splits": {s: len(splits[s]) for s in SPLITS}}}
     return PreparedDataset(version, str(data), splits["train"], splits["validation"], splits["test"],
                            eval_rows, stats, datasheet=datasheet)
+
+
+def read_saved_rows(path: str | Path) -> list[Row]:
+    """The rows of a split this module saved (PreparedDataset.save), with their preference fields."""
+    rows = []
+    for n, text in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if text.strip():
+            d = json.loads(text)
+            rows.append(Row(n, d["messages"], d.get("rating"), d.get("score"), d.get("tenant", "default"),
+                            rejected=d.get("rejected"), label=d.get("label")))
+    return rows
+
+
+def _sample(rows: list[Row], share: float, seed: str) -> list[Row]:
+    """round(share * len(rows)) rows (at least one when share > 0), the same ones for the same seed."""
+    if share <= 0 or not rows:
+        return []
+    k = min(len(rows), max(1, round(share * len(rows))))
+    ranked = sorted(rows, key=lambda r: hashlib.sha256(f"{seed}:{r.key}".encode()).hexdigest())
+    return ranked[:k]
+
+
+def add_replay(ds: PreparedDataset, replay, earlier: list[tuple[str, Path]], seed: int = 0,
+               general_rows: list[Row] | None = None) -> PreparedDataset:
+    """`ds` with rows of earlier dataset versions (`earlier`: (version, saved folder), oldest first) and of a
+    general set added to its training split, per `replay` (a ReplaySpec). Rows whose prompt is held out, or
+    already in this dataset, are not added. The version changes with the mix; `stats["replay"]` says where each
+    added row came from."""
+    if replay.versions:
+        earlier = earlier[-replay.versions:]
+    held = {r.prompt_key for r in ds.eval_rows} | {r.prompt_key for r in ds.validation}
+    have = {r.key for r in ds.train}
+    mix: dict[str, int] = {}
+    added: list[Row] = []
+
+    def take(rows: list[Row], share: float, name: str) -> None:
+        fresh = [r for r in rows if r.prompt_key not in held and r.key not in have]
+        picked = _sample(fresh, share, f"{seed}:{name}")
+        have.update(r.key for r in picked)
+        added.extend(picked)
+        mix[name] = len(picked)
+
+    for version, folder in earlier:
+        share = next((f for v, f in replay.per_version.items() if version.startswith(v)), replay.fraction)
+        if (folder / "train.jsonl").exists():
+            take(read_saved_rows(folder / "train.jsonl"), share, version[:16])
+    if general_rows:
+        share = replay.general_fraction * len(ds.train) / max(len(general_rows), 1)
+        take(general_rows, min(share, 1.0), "general")
+    if not added:
+        return ds
+    train = ds.train + added
+    version = dataset_version({"train": train, "validation": ds.validation, "test": ds.test, "eval": ds.eval_rows})
+    stats = ds.stats | {"replay": mix, "replay_rows": len(added)}
+    sheet = ds.datasheet | {"prepared": ds.datasheet.get("prepared", {}) | {"version": version, "replay": mix}}
+    return PreparedDataset(version, ds.source, train, ds.validation, ds.test, ds.eval_rows, stats, datasheet=sheet)

@@ -23,6 +23,23 @@ from tuneloop.tasks.registry import apply_decision, publish_report, register_can
 from tuneloop.tasks.training import train_adapter
 
 
+def warm_start(spec: RetrainSpec, champion, base: str, logger) -> tuple[RetrainSpec, str | None]:
+    """With `training.init_from: champion`, the spec training continues the champion's adapter (and, for dpo and
+    kto, takes it as the reference); the version it starts from, or None for a fresh adapter."""
+    if spec.training.init_from != "champion" or spec.training.init_adapter is not None:
+        return spec, None
+    if champion.adapter_dir is None:
+        logger.info(f"tenant {spec.tenant} has no champion yet: training starts from a fresh adapter")
+        return spec, None
+    if champion.base_path != base:
+        logger.warning(f"champion {champion.version} is on another base ({champion.base_path}); this run trains "
+                       f"on {base}: it starts from a fresh adapter")
+        return spec, None
+    logger.info(f"warm start: continuing champion {champion.version}'s adapter")
+    training = spec.training.model_copy(update={"init_adapter": champion.adapter_dir})
+    return spec.model_copy(update={"training": training}), champion.version
+
+
 # A persisted result makes Prefect refuse to move a Completed run back to Scheduled, so a late retry
 # automation (deployments/automations.yaml) can never re-run a run that has finished.
 @flow(name="retrain", persist_result=True, result_serializer="json")
@@ -50,6 +67,7 @@ def retrain(spec: RetrainSpec, tenant: str | None = None) -> dict:
         return Cancelled(message=stop)
 
     champion = resolve_incumbent(base, spec.tenant)  # read before training: the gate's compare-and-swap expects it
+    spec, warm_from = warm_start(spec, champion, base, logger)
     trained = train_adapter(spec, base, opaque(dataset), RunGuard(spec.guards, est))
     if trained.stopped_reason:
         return Cancelled(message=f"stopped by the guard at step {trained.steps}/{trained.total_steps}: "
@@ -70,7 +88,9 @@ def retrain(spec: RetrainSpec, tenant: str | None = None) -> dict:
     version = register_candidate(
         trained.adapter_dir, spec.tenant, base_model=spec.base_model, dataset_version=dataset.version,
         parent_version=champion.version, spec=spec.model_dump(mode="json"), metrics=candidate.metrics,
-        extra={"tenant": spec.tenant, "job": spec.job, "training": {k: v for k, v in trained.to_json().items() if k != "history"},
+        extra={"tenant": spec.tenant, "job": spec.job,
+               "lineage": {"method": spec.training.method, "init_from": warm_from,
+                           "replay": dataset.stats.get("replay")}, "training": {k: v for k, v in trained.to_json().items() if k != "history"},
                "incumbent": {"label": incumbent.label, "metrics": incumbent.metrics},
                "dataset": dataset.manifest(), "feedback_window": dataset.datasheet.get("collection_window")},
     )

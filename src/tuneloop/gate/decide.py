@@ -7,7 +7,10 @@ there is none) only if, on the same held-out items:
   difference (candidate - incumbent) clears the margin, so a gain inside the
   noise is not a gain;
 - no guarded metric (a general benchmark) regresses by more than its tolerance,
-  so a task win bought by forgetting is refused;
+  so a task win bought by forgetting is refused: judged, like the task metric,
+  on the paired bootstrap interval of the difference on the same items (the
+  lower bound of the drop must stay within the tolerance), so one changed
+  answer on a small benchmark does not flip it;
 - every absolute floor holds.
 
 Losing is a normal outcome with a reason, not an exception.
@@ -104,10 +107,20 @@ def decide(candidate_metrics: dict[str, float], candidate_items: dict[str, dict[
         i_mean = sum(i_items[k] for k in c_items) / len(c_items)
         tol = gate.guarded.get(name, gate.default_tolerance)
         drop = i_mean - c_mean
-        ok = drop <= tol + 1e-12
-        guarded_out[name] = {"candidate": c_mean, "incumbent": i_mean, "drop": drop, "tolerance": tol, "ok": ok}
-        checks.append({"check": f"{name} regression vs {incumbent_label}", "value": round(drop, 6),
-                       "need": f"<= {tol}", "ok": ok})
+        entry = {"candidate": c_mean, "incumbent": i_mean, "drop": drop, "tolerance": tol}
+        if gate.bootstrap_resamples:  # forgetting only when the drop is beyond the tolerance with confidence
+            _, low, high = paired_bootstrap(c_items, i_items, gate.bootstrap_resamples, gate.confidence, gate.seed)
+            sure = -high  # the smallest drop the interval allows
+            entry["interval"] = {"low": -high, "high": -low, "confidence": gate.confidence}
+            ok = sure <= tol + 1e-12
+            check = {"check": f"{name} drop vs {incumbent_label}, lower {gate.confidence:.0%} bound",
+                     "value": round(sure, 6), "need": f"<= {tol}", "ok": ok}
+        else:
+            ok = drop <= tol + 1e-12
+            check = {"check": f"{name} regression vs {incumbent_label}", "value": round(drop, 6),
+                     "need": f"<= {tol}", "ok": ok}
+        guarded_out[name] = entry | {"ok": ok}
+        checks.append(check)
     for name, floor in sorted(gate.min_metrics.items()):
         value = candidate_metrics.get(name)
         checks.append({"check": f"{name} minimum", "value": value, "need": f">= {floor}",

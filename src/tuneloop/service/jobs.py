@@ -245,7 +245,8 @@ def estimated_finish(record: dict, runs: Path) -> int | None:
 def to_object(record: dict, status: str, runs: Path) -> dict:
     """The OpenAI `fine_tuning.job` object (and a `tuneloop` extra: the gate's decision, the runs)."""
     hyper = {k: record["hyperparameters"].get(k) for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}
-    method = {"type": record["method"], record["method"]: {"hyperparameters": hyper}}
+    shown = hyper | ({"beta": record["hyperparameters"].get("beta")} if record["method"] == "dpo" else {})
+    method = {"type": record["method"], record["method"]: {"hyperparameters": shown}}
     return {
         "id": record["id"], "object": "fine_tuning.job", "created_at": int(record["created_at"]),
         "error": record.get("error"), "fine_tuned_model": record.get("fine_tuned_model"),

@@ -54,8 +54,44 @@ def validate_dataset(spec: RetrainSpec, base_path: str) -> PreparedDataset:
         if e.report_path:
             shared.push(e.report_path)  # the report is read where the run is watched, not on this machine
         raise
+    if spec.training.replay is not None:
+        ds = mix_in_replay(spec, ds, count_tokens(tok), limit)
     ds.save(settings.datasets_dir)
     shared.push(ds.path, "datasheet.json")  # the drift reference and the promote's smoke set
     crash_point("validate")
     get_run_logger().info(f"dataset {ds.version[:16]}: {ds.manifest()['splits']}, {ds.stats}")
     return ds
+
+
+def earlier_datasets(tenant: str, current: str) -> list[tuple[str, Path]]:
+    """(version, saved folder) of the datasets behind `tenant`'s registered versions, oldest first, each once,
+    without `current`; folders fetched from the shared state when this machine lacks them, missing ones left out."""
+    from tuneloop.registry import open_registry
+
+    settings = get_settings()
+    found: list[tuple[str, Path]] = []
+    versions = sorted(open_registry(tenant=tenant).list(), key=lambda v: v.manifest.get("created_at", ""))
+    for v in versions:
+        dv = v.manifest.get("dataset_version")
+        if not dv or dv == current or any(dv == seen for seen, _ in found):
+            continue
+        folder = settings.datasets_dir / dv[:16]
+        if shared.pull(folder, "datasheet.json") or (folder / "train.jsonl").exists():
+            found.append((dv, folder))
+    return found
+
+
+def mix_in_replay(spec: RetrainSpec, ds: PreparedDataset, count, limit) -> PreparedDataset:
+    """`ds` with the replay mix of `spec.training.replay` (tuneloop.data.dataset.add_replay)."""
+    from tuneloop.data import read_rows_strict
+    from tuneloop.data.dataset import add_replay
+
+    replay = spec.training.replay
+    general = None
+    if replay.general is not None:
+        general = read_rows_strict(replay.general, spec.dataset, count, limit, min_examples=1, tenant=spec.tenant).rows
+    earlier = earlier_datasets(spec.tenant, ds.version)
+    mixed = add_replay(ds, replay, earlier, seed=spec.dataset.seed, general_rows=general)
+    get_run_logger().info(f"replay: {mixed.stats.get('replay_rows', 0)} rows from {len(earlier)} earlier dataset "
+                          f"version(s){' and the general set' if general else ''}: {mixed.stats.get('replay', {})}")
+    return mixed

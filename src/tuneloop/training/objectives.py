@@ -20,6 +20,10 @@ training (`prepare`) and kept in every checkpoint's state, so a resumed run uses
   given, the weights follow the paper's advice for unbalanced data: w_D * n_D / (w_U * n_U) in [1, 4/3].
 
 Only the final answer's tokens count in DPO and KTO (earlier assistant turns are part of the prompt).
+
+`sft_weight` adds that many times the preferred (DPO) or desirable (KTO) answer's mean token loss to its unit's
+loss (TRL's `rpo_alpha`, Pang et al. 2024): preference losses only rank answers, and from a base that has never
+produced the answers they can rank them right while the model still generates something else.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ from tuneloop.models.chat import IGNORE, encode_chat
 from tuneloop.training.packing import collate
 
 Example = tuple[list[int], list[int]]
+
+
+def _targets(labels: list[int]) -> int:
+    return sum(lab != IGNORE for lab in labels[1:])
 
 
 def _has_target(labels: list[int]) -> bool:
@@ -257,6 +265,8 @@ class DPO(_Referenced):
                 self.pairs.append((c, j))
         self.lengths = [len(c[0]) + len(j[0]) for c, j in self.pairs]
         self.counts = [1] * len(self.pairs)
+        self.sft_weight = spec.sft_weight
+        self.answer_tokens = torch.tensor([_targets(c[1]) for c, _ in self.pairs], dtype=torch.float32)
 
     def _sequences(self, idx):
         return [[self.pairs[i][0] for i in idx], [self.pairs[i][1] for i in idx]]
@@ -267,6 +277,8 @@ class DPO(_Referenced):
         ref = self.ref[idx].to(lp.device, lp.dtype)
         margin = self.beta * ((lp[: len(idx)] - ref[:, 0]) - (lp[len(idx):] - ref[:, 1]))
         loss = -F.logsigmoid(margin).sum()
+        if self.sft_weight:  # the preferred answers' mean token loss, so their likelihood does not sink
+            loss = loss + self.sft_weight * (-lp[: len(idx)] / self.answer_tokens[idx].to(lp.device)).sum()
         return loss, {"accuracy": float((margin > 0).sum()), "margin": float(margin.detach().sum() / self.beta)}
 
 
@@ -312,6 +324,8 @@ class KTO(_Referenced):
             self.mismatched.append(m if m is not None else e)
         self.lengths = [len(e[0]) + len(m[0]) for e, m in zip(self.examples, self.mismatched)]
         self.counts = [1] * len(self.examples)
+        self.sft_weight = spec.sft_weight
+        self.answer_tokens = torch.tensor([_targets(e[1]) for e in self.examples], dtype=torch.float32)
         n_good = int(self.good.sum())
         auto = kto_weights(n_good, len(self.examples) - n_good)
         self.w_desirable = spec.desirable_weight if spec.desirable_weight is not None else auto[0]
@@ -337,6 +351,9 @@ class KTO(_Referenced):
         up = self.w_desirable * (1 - torch.sigmoid(self.beta * (ratio - z0)))
         down = self.w_undesirable * (1 - torch.sigmoid(self.beta * (z0 - ratio)))
         loss = torch.where(good, up, down).sum()
+        if self.sft_weight:  # the desirable answers' mean token loss
+            nll = -lp / self.answer_tokens[idx].to(lp.device)
+            loss = loss + self.sft_weight * torch.where(good, nll, torch.zeros_like(nll)).sum()
         right = torch.where(good, ratio > 0, ratio < 0)
         return loss, {"accuracy": float(right.sum()), "kl": z0 * len(idx)}
 
