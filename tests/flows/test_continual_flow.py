@@ -74,3 +74,23 @@ def test_a_dpo_retrain_trains_on_pairs_and_is_gated_on_the_preferred_answers(ret
     assert v.manifest["lineage"]["method"] == "dpo" and v.manifest["spec"]["training"]["sft_weight"] == 1.0
     assert v.manifest["dataset"]["splits"]["train"] > 300 and "exact_match" in v.manifest["metrics"]
     assert out["incumbent_label"] == "base" and isinstance(out["promoted"], bool)
+
+
+def test_a_warm_start_needs_a_champion_on_the_same_base(retrain, tmp_path):
+    from tuneloop.flows.retrain import warm_start
+    from tuneloop.gate.incumbent import Incumbent
+
+    said = []
+
+    class Log:
+        info = warning = staticmethod(said.append)
+
+    spec = demo_spec(tmp_path / "d.jsonl", tmp_path / "h.jsonl", "w", init_from="champion")
+    assert warm_start(spec, Incumbent(None, "/models/tiny", None), "/models/tiny", Log) == (spec, None)
+    assert "no champion yet" in said[-1]
+    other = Incumbent("v3", "/models/other", tmp_path / "adapter")
+    assert warm_start(spec, other, "/models/tiny", Log) == (spec, None) and "another base" in said[-1]
+    warm, parent = warm_start(spec, Incumbent("v3", "/models/tiny", tmp_path / "adapter"), "/models/tiny", Log)
+    assert parent == "v3" and warm.training.init_adapter == tmp_path / "adapter"
+    cold = demo_spec(tmp_path / "d.jsonl", tmp_path / "h.jsonl", "w")
+    assert warm_start(cold, Incumbent("v3", "/models/tiny", tmp_path / "adapter"), "/models/tiny", Log) == (cold, None)

@@ -225,3 +225,18 @@ def test_a_feedback_dataset_gives_dpo_its_corrections_and_kto_its_negatives(tmp_
     kto = prepare_dataset(ds.path, spec, tenant="acme", method="kto").train
     assert sorted(r.answer.split()[0] for r in kto if r.label is False) == ["wrong"] * 10
     assert sum(r.label is not False for r in kto) == 30  # 20 good answers and 10 corrections
+
+
+def test_the_estimate_counts_what_each_method_runs(tiny_base, pref_files):
+    """The guards' token estimate: dpo trains on both answers and kto on one answer plus a forward on another,
+    and both score every sequence once with the reference first."""
+    from tuneloop.cost.sizing import estimate_run
+    from tuneloop.specs import RetrainSpec
+
+    rows = pairs(pref_files, 40)
+    planned = {m: estimate_run(RetrainSpec(data="x.jsonl", base_model=tiny_base, training={"method": m, "epochs": 2}),
+                               tiny_base, rows)[2] for m in ("sft", "dpo", "kto")}
+    per_epoch = estimate_run(RetrainSpec(data="x.jsonl", base_model=tiny_base), tiny_base, rows)[1]
+    assert planned["sft"] == 2 * per_epoch
+    assert planned["dpo"] == round(2 * planned["sft"] + per_epoch * 2 / 3)
+    assert planned["kto"] == round(planned["sft"] * 4 / 3 + per_epoch * 2 / 3)

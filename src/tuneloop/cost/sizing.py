@@ -42,4 +42,12 @@ def estimate_run(spec, base_path: str, train_rows: list[Row]):
     per_epoch = tokens_per_epoch(load_tokenizer(base_path), train_rows, t.max_seq_len)
     planned = planned_tokens(per_epoch, len(train_rows), t.batch_size, t.gradient_accumulation, t.epochs,
                              t.max_steps)
+    # in training-token equivalents (a forward alone costs about a third of a training step): dpo trains on both
+    # answers of a pair, kto runs a gradient-free forward on a mismatched answer beside each one, and both score
+    # their sequences once with the reference before the first step
+    per_token, reference = METHOD_COST.get(t.method, (1.0, 0.0))
+    planned = round(planned * per_token + per_epoch * reference)
     return estimate(planned, 1, count_parameters(base_path), spec.hardware), per_epoch, planned
+
+
+METHOD_COST = {"sft": (1.0, 0.0), "dpo": (2.0, 2 / 3), "kto": (4 / 3, 2 / 3)}  # (per planned token, reference pass)

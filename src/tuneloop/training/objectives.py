@@ -62,6 +62,19 @@ def encode_answer(tok, prompt: list[dict], answer: str, max_len: int) -> Example
     return (ids, labels) if _has_target(labels) else None
 
 
+def encode_pairs(tok, rows: list[Row], max_len: int) -> list[tuple[Example, Example]]:
+    """(preferred, non-preferred) encodings of the rows that are pairs, each with a target within max_len."""
+    pairs = []
+    for r in rows:
+        if r.rejected is None:
+            continue
+        c = encode_answer(tok, r.prompt_messages, r.answer, max_len)
+        j = encode_answer(tok, r.prompt_messages, r.rejected, max_len)
+        if c is not None and j is not None:
+            pairs.append((c, j))
+    return pairs
+
+
 def sequence_logps(model, batch: dict, n: int, varlen: bool = False) -> torch.Tensor:
     """The summed log-probability of each example's target tokens, shape (n,), from one collated batch."""
     extra = {"segment_lengths": batch["segments"][0]} if varlen else {}
@@ -255,14 +268,7 @@ class DPO(_Referenced):
     def __init__(self, tok, rows: list[Row], max_len: int, spec):
         super().__init__()
         self.beta = spec.beta
-        self.pairs: list[tuple[Example, Example]] = []
-        for r in rows:
-            if r.rejected is None:
-                continue
-            c = encode_answer(tok, r.prompt_messages, r.answer, max_len)
-            j = encode_answer(tok, r.prompt_messages, r.rejected, max_len)
-            if c is not None and j is not None:
-                self.pairs.append((c, j))
+        self.pairs = encode_pairs(tok, rows, max_len)
         self.lengths = [len(c[0]) + len(j[0]) for c, j in self.pairs]
         self.counts = [1] * len(self.pairs)
         self.sft_weight = spec.sft_weight
@@ -372,14 +378,7 @@ def preference_accuracy(model, tok, rows: list[Row], max_len: int = 512, batch_s
     skipped."""
     from tuneloop.models.base import device
 
-    pairs = []
-    for r in rows:
-        if r.rejected is None:
-            continue
-        c = encode_answer(tok, r.prompt_messages, r.answer, max_len)
-        j = encode_answer(tok, r.prompt_messages, r.rejected, max_len)
-        if c is not None and j is not None:
-            pairs.append((c, j))
+    pairs = encode_pairs(tok, rows, max_len)
     if not pairs:
         return {"pairs": 0, "accuracy": math.nan, "margin": math.nan}
     was_training = model.training
