@@ -60,7 +60,7 @@ def test_promotes_good_feedback_then_rejects_corrupted(retrain, tiny_base, demo_
     assert two["decision"]["items"] == one["decision"]["items"] == 120
     assert set(two["benchmarks"]) == {"arc_easy", "triviaqa"}  # guarded general benchmarks, v2 vs v1
     assert set(two["decision"]["guarded"]) == {"arc_easy", "triviaqa"}
-    assert any(c["check"].startswith("arc_easy regression") for c in two["decision"]["checks"])
+    assert any(c["check"].startswith("arc_easy drop vs champion v1") for c in two["decision"]["checks"])
 
     reg = open_registry(tenant="demo")  # the demo preset's tenant: its own registry
     assert reg.aliases() == {"champion": "v1"}
