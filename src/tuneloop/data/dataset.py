@@ -84,23 +84,29 @@ def read_rows_strict(path: str | Path, spec: DataSpec, count_tokens=None, max_to
     """Validate a file and raise `DataValidationError` listing every problem, before anything is written."""
     report = validate_file(path, min_examples=spec.min_examples if min_examples is None else min_examples,
                            max_tokens=max_tokens, count_tokens=count_tokens, tenant=tenant)
-    if not report.ok:
-        report_path = None
-        if report_dir is not None:
-            report_path = report.write(Path(report_dir) / f"validation-{Path(path).stem}.json")
-        raise DataValidationError(str(path), report.errors, report_path)
+    _raise_if_bad(report, str(path), Path(path).stem, report_dir)
     return report
 
 
-METHODS = ("sft", "dpo", "kto", "sft+dpo")
+def _raise_if_bad(report: ValidationReport, where: str, stem: str, report_dir: Path | None) -> None:
+    """`DataValidationError` with every problem of `report` (written to report_dir as validation-<stem>.json)."""
+    if not report.ok:
+        report_path = None
+        if report_dir is not None:
+            report_path = report.write(Path(report_dir) / f"validation-{stem}.json")
+        raise DataValidationError(where, report.errors, report_path)
+
+
+METHODS = ("sft", "dpo", "kto")
 # what each method trains on, in a feedback dataset folder (tuneloop.feedback.build writes these files)
-FOLDER_FILES = {"sft": ("sft.jsonl",), "dpo": ("preference.jsonl",), "kto": ("sft.jsonl", "negatives.jsonl"),
-                "sft+dpo": ("sft.jsonl", "preference.jsonl")}
+FOLDER_FILES = {"sft": ("sft.jsonl",), "dpo": ("preference.jsonl",), "kto": ("sft.jsonl", "negatives.jsonl")}
 
 
 def resolve_input(data: str | Path, method: str = "sft") -> tuple[list[Path], dict | None]:
     """The files to read: a JSONL file as is; from a dataset folder (built from feedback, so it must carry its
     datasheet) the files `method` trains on."""
+    if method not in METHODS:
+        raise UserError(f"training.method {method!r}", "is not a training method", f"use one of {', '.join(METHODS)}")
     path = Path(data)
     if not path.is_dir():
         return [path], None
@@ -113,7 +119,7 @@ def resolve_input(data: str | Path, method: str = "sft") -> tuple[list[Path], di
     return [folder / name for name in FOLDER_FILES[method]], json.loads(sheet.read_text())
 
 
-def _read_one(path: Path, spec: DataSpec, count_tokens, max_tokens, tenant: str) -> ValidationReport:
+def _read_one(path: Path, count_tokens, max_tokens, tenant: str) -> ValidationReport:
     """Every row of one file as Rows: chat rows, preference pairs (an OpenAI DPO file, a feedback dataset's
     preference.jsonl) or a feedback dataset's undesirable answers (negatives.jsonl)."""
     from tuneloop.data.preference import (read_feedback_negatives, read_feedback_pairs, sniff_format,
@@ -148,12 +154,16 @@ def read_training_rows(data: str | Path, spec: DataSpec, method: str = "sft", co
     """Validate what `method` trains on and raise `DataValidationError` listing every problem, before anything is
     written; also the dataset folder's datasheet (None for a file). Raises UserError when the data holds nothing
     `method` can learn from (DPO without pairs, KTO without an undesirable answer)."""
-    if method not in METHODS:
-        raise UserError(f"training.method {method!r}", "is not a training method", f"use one of {', '.join(METHODS)}")
     paths, sheet = resolve_input(data, method)
+    return _read_paths(paths, sheet, spec, method, count_tokens, max_tokens, report_dir, tenant), sheet
+
+
+def _read_paths(paths: list[Path], sheet: dict | None, spec: DataSpec, method: str, count_tokens, max_tokens,
+                report_dir: Path | None, tenant: str) -> ValidationReport:
+    """read_training_rows on the files resolve_input gave."""
     report = ValidationReport(str(paths[0]))
     for path in paths:
-        part = _read_one(path, spec, count_tokens, max_tokens, tenant)
+        part = _read_one(path, count_tokens, max_tokens, tenant)
         for issue in part.issues:
             report.issues.append(issue if len(paths) == 1 else Issue(issue.line, issue.rule,
                                                                      f"{path.name}: {issue.message}", issue.severity))
@@ -161,14 +171,10 @@ def read_training_rows(data: str | Path, spec: DataSpec, method: str = "sft", co
         report.lines_read += part.lines_read
         report.format = part.format if len(paths) == 1 else "mixed"
     check_count(report, spec.min_examples)
-    if not report.ok:
-        report_path = None
-        if report_dir is not None:
-            report_path = report.write(Path(report_dir) / f"validation-{paths[0].stem}.json")
-        raise DataValidationError(str(paths[0] if len(paths) == 1 else paths[0].parent), report.errors, report_path)
+    _raise_if_bad(report, str(paths[0] if len(paths) == 1 else paths[0].parent), paths[0].stem, report_dir)
     where = str(paths[0] if sheet is None else paths[0].parent)
     pairs = sum(r.rejected is not None for r in report.rows)
-    if method in ("dpo", "sft+dpo") and not pairs:
+    if method == "dpo" and not pairs:
         raise UserError(where, f"holds no preference pairs, and method {method} trains on pairs (a preferred and a "
                         "non-preferred answer to the same prompt)",
                         "give an OpenAI DPO file (input, preferred_output, non_preferred_output), or a feedback "
@@ -177,7 +183,7 @@ def read_training_rows(data: str | Path, spec: DataSpec, method: str = "sft", co
         raise UserError(where, "holds no undesirable answer, and method kto learns from good and bad ones",
                         'mark bad answers with "label": false (or a low rating or score), give a feedback dataset '
                         "with negatives, or train with method sft")
-    return report, sheet
+    return report
 
 
 def desirable(row: Row, min_score: float = 0.7, min_rating: float = 3) -> bool:
@@ -215,8 +221,7 @@ def prepare_dataset(
     if sheet is not None and tenant is not None and sheet.get("tenant") != tenant:
         raise UserError(str(paths[0].parent), f"was built for tenant {sheet.get('tenant')!r}, not {tenant!r}",
                         "train each tenant on its own dataset folder")
-    report, sheet = read_training_rows(data, spec, method, count_tokens, max_tokens, report_dir,
-                                       tenant=tenant or "default")
+    report = _read_paths(paths, sheet, spec, method, count_tokens, max_tokens, report_dir, tenant or "default")
     data = paths[0] if len(paths) == 1 else paths[0].parent
     if tenant is not None:
         foreign = [Issue(r.line, "tenant", f"row belongs to tenant {r.tenant!r}, this dataset is for {tenant!r}")

@@ -70,11 +70,13 @@ def earlier_datasets(tenant: str, current: str) -> list[tuple[str, Path]]:
 
     settings = get_settings()
     found: list[tuple[str, Path]] = []
+    seen = {current}
     versions = sorted(open_registry(tenant=tenant).list(), key=lambda v: v.manifest.get("created_at", ""))
     for v in versions:
         dv = v.manifest.get("dataset_version")
-        if not dv or dv == current or any(dv == seen for seen, _ in found):
+        if not dv or dv in seen:
             continue
+        seen.add(dv)
         folder = settings.datasets_dir / dv[:16]
         if shared.pull(folder, "datasheet.json") or (folder / "train.jsonl").exists():
             found.append((dv, folder))

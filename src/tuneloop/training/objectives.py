@@ -48,7 +48,7 @@ def _targets(labels: list[int]) -> int:
 
 
 def _has_target(labels: list[int]) -> bool:
-    return any(lab != IGNORE for lab in labels[1:])  # the first token is never a target
+    return any(lab != IGNORE for lab in labels[1:])  # the first token is never a target (as in _targets)
 
 
 def encode_answer(tok, prompt: list[dict], answer: str, max_len: int) -> Example | None:
@@ -90,7 +90,7 @@ def encode_rows(tok, rows: list[Row], max_len: int) -> list[tuple[list[int], lis
     for r in rows:
         ids, labels = encode_chat(tok, r.messages)
         ids, labels = ids[:max_len], labels[:max_len]
-        if any(lab != IGNORE for lab in labels[1:]):  # the first token is never a target
+        if _has_target(labels):
             out.append((ids, labels))
     return out
 
@@ -185,7 +185,7 @@ class SFT:
         plain = [r for r in rows if r.rejected is None and r.label is not False]
         self.examples = encode_rows(tok, plain or [r for r in rows if r.rejected is not None], max_len)
         self.lengths = [len(ids) for ids, _ in self.examples]
-        self.counts = [sum(lab != IGNORE for lab in labels[1:]) for _, labels in self.examples]
+        self.counts = [_targets(labels) for _, labels in self.examples]
 
     def __len__(self) -> int:
         return len(self.examples)
