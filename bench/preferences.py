@@ -4,8 +4,8 @@
 
 The task is the demo's support-intent routing as preference data (`tuneloop.demo.data.write_preference_data`):
 DPO trains on pairs.jsonl (the right intent preferred over a wrong one drawn at random), KTO on thumbs.jsonl
-(unpaired: each prompt once, the right intent with a thumbs up for two prompts in five, a wrong one with a
-thumbs down for the rest), SFT on the preferred answers of pairs.jsonl. Every method trains the tiny base
+(unpaired: each prompt served twice, each answer on its own the right intent with a thumbs up two times in
+five, or a wrong one with a thumbs down), SFT on the preferred answers of pairs.jsonl. Every method trains the tiny base
 (randomly initialized weights, so it starts at chance) with the demo preset's LoRA (all linear layers, lr 3e-3,
 batch 16, no early stopping) for the same number of optimizer steps. Each row reports:
 
@@ -15,7 +15,8 @@ batch 16, no early stopping) for the same number of optimizer steps. Each row re
 - the training's tokens/s and seconds.
 
 DPO and KTO run twice: as the paper's loss alone, and with `sft_weight` 1 (the preferred / desirable answer's
-mean token loss added, TRL's rpo_alpha), which the demo preset uses. The last line is the summary.
+mean token loss added, TRL's rpo_alpha), which the demo preset uses; `sft_then_dpo` runs SFT for half the steps,
+then DPO (the paper's loss, its reference the SFT adapter) for the other half. The last line is the summary.
 """
 
 from __future__ import annotations
@@ -61,15 +62,17 @@ def main() -> int:
                                  method="dpo").train
     runs = [("sft", "pairs", 0.0), ("dpo", "pairs", 1.0), ("kto", "thumbs", 1.0)]
     if not args.quick:
-        runs += [("dpo", "pairs", 0.0), ("kto", "thumbs", 0.0)]
+        runs += [("sft_then_dpo", "pairs", 0.0), ("dpo", "pairs", 0.0), ("kto", "thumbs", 0.0)]
     ev = EvalSpec(max_new_tokens=8, batch_size=32)
     rows = []
     base_em = None
     for method, data, sft_weight in runs:
         ds = prepare_dataset(files[data], DataSpec(validation_split=0.1, test_split=0.0, seed=args.seed),
                              eval_data=files["heldout"], method=method)
+        stages = 2 if method == "sft_then_dpo" else 1  # the same budget: half the steps each stage
         spec = TrainingSpec(method=method, sft_weight=sft_weight, target_modules=ALL, learning_rate=3e-3,
-                            batch_size=16, gradient_accumulation=1, epochs=1000, max_steps=steps, warmup_steps=10,
+                            batch_size=16, gradient_accumulation=1, epochs=1000, max_steps=steps // stages,
+                            warmup_steps=10,
                             save_every=10_000, early_stopping_patience=None, seed=args.seed)
         t0 = time.perf_counter()
         result = train_lora(spec, base, ds.train, ds.validation, work / f"run-{method}-{sft_weight}", log=lambda m: None)
@@ -88,7 +91,7 @@ def main() -> int:
                "train_s": round(result.seconds, 1), "wall_s": round(wall, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n| method | data | sft_weight | steps | preference accuracy | exact match | tokens/s | train s |")
+    print("\n| method | data | sft_weight | steps | preference accuracy | exact match | tokens/s | train s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['data']} ({r['train_units']}) | {r['sft_weight']} | {r['steps']} | "

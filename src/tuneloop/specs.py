@@ -98,9 +98,11 @@ class TrainingSpec(_Spec):
                             "dpo / kto) when it is on the same base; base: a fresh adapter")
     replay: ReplaySpec | None = Field(None, description="mix in rows of the tenant's earlier dataset versions (those "
                                       "behind its registered versions) and of a general set; None: off")
-    method: Literal["sft", "dpo", "kto"] = Field(
+    method: Literal["sft", "dpo", "kto", "sft_then_dpo"] = Field(
         "sft", description="sft: learn the answers; dpo: prefer the preferred answer of each pair over the other; "
-                           "kto: raise desirable answers and lower undesirable ones, unpaired (thumbs up and down)")
+                           "kto: raise desirable answers and lower undesirable ones, unpaired (thumbs up and down); "
+                           "sft_then_dpo: sft on the pairs' preferred answers, then dpo from that adapter (also its "
+                           "reference)")
     beta: float = Field(0.1, gt=0, le=10, description="dpo / kto: how far from the reference the adapter may move "
                                                       "(higher: closer)")
     sft_weight: float = Field(0.0, ge=0, le=10, description="dpo / kto: add this times the preferred (desirable) "

@@ -235,8 +235,52 @@ def test_the_estimate_counts_what_each_method_runs(tiny_base, pref_files):
 
     rows = pairs(pref_files, 40)
     planned = {m: estimate_run(RetrainSpec(data="x.jsonl", base_model=tiny_base, training={"method": m, "epochs": 2}),
-                               tiny_base, rows)[2] for m in ("sft", "dpo", "kto")}
+                               tiny_base, rows)[2] for m in ("sft", "dpo", "kto", "sft_then_dpo")}
     per_epoch = estimate_run(RetrainSpec(data="x.jsonl", base_model=tiny_base), tiny_base, rows)[1]
     assert planned["sft"] == 2 * per_epoch
     assert planned["dpo"] == round(2 * planned["sft"] + per_epoch * 2 / 3)
     assert planned["kto"] == round(planned["sft"] * 4 / 3 + per_epoch * 2 / 3)
+    assert planned["sft_then_dpo"] == round(3 * planned["sft"] + per_epoch * 2 / 3)  # SFT, then DPO on its pairs
+
+
+def test_sft_then_dpo_trains_dpo_from_the_sft_adapter_as_its_reference_and_resumes_by_stage(tiny_base, pref_files,
+                                                                                             tmp_path):
+    from peft import PeftModel
+
+    from tuneloop.training.objectives import encode_pairs
+
+    rows = pairs(pref_files, 48)
+    spec = TrainingSpec(method="sft_then_dpo", target_modules=ALL, learning_rate=3e-3, batch_size=8,
+                        gradient_accumulation=1, epochs=2, save_every=2, warmup_steps=0, seed=3,
+                        early_stopping_patience=None)
+    lines: list[str] = []
+    whole = train_lora(spec, tiny_base, rows[:40], rows[40:], tmp_path / "whole", log=lines.append)
+    assert [s["run_dir"].rsplit("/", 1)[-1] for s in whole.stages] == ["sft", "dpo"]
+    assert whole.steps == whole.total_steps == 20 and {h["stage"] for h in whole.history} == {"sft", "dpo"}
+    assert any(m.startswith("[dpo] reference log-probabilities") and "the starting adapter" in m for m in lines)
+    final = (tmp_path / "whole" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert final == (tmp_path / "whole" / "dpo" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert final != (tmp_path / "whole" / "sft" / "adapter" / "adapter_model.safetensors").read_bytes()
+
+    # DPO's reference is the SFT stage's adapter: the log-probabilities stored with the DPO stage are that model's
+    tok = load_tokenizer(tiny_base)
+    sft = PeftModel.from_pretrained(load_model(tiny_base), str(tmp_path / "whole" / "sft" / "adapter")).eval()
+    enc = encode_pairs(tok, rows[:4], 512)
+    lp = sequence_logps(sft, collate([c for c, _ in enc] + [j for _, j in enc], tok.pad_token_id, "cpu", False), 8)
+    state = json.loads((tmp_path / "whole" / "dpo" / "checkpoints" / "step-0000010" / "state.json").read_text())
+    stored = torch.tensor(state["objective"]["train"]["reference"][:4], dtype=torch.float64)
+    assert torch.allclose(stored[:, 0], lp[:4].double(), atol=1e-4)
+    assert torch.allclose(stored[:, 1], lp[4:].double(), atol=1e-4)
+
+    seen = []
+
+    def stop(step, total, elapsed):  # the guards see one run of 20 steps
+        seen.append((step, total))
+        return "test stop" if step == 13 else None
+
+    part = train_lora(spec, tiny_base, rows[:40], rows[40:], tmp_path / "part", should_stop=stop, **QUIET)
+    assert part.stopped_reason == "test stop" and part.steps == 13 and seen[0] == (1, 20) and seen[-1] == (13, 20)
+    done = train_lora(spec, tiny_base, rows[:40], rows[40:], tmp_path / "part", **QUIET)
+    assert done.stages[0]["resumed_from_step"] == 10 and done.stages[1]["resumed_from_step"] == 3
+    assert [h["loss"] for h in done.history] == [h["loss"] for h in whole.history]
+    assert (tmp_path / "part" / "adapter" / "adapter_model.safetensors").read_bytes() == final

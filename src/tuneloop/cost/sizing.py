@@ -50,4 +50,4 @@ def estimate_run(spec, base_path: str, train_rows: list[Row]):
     return estimate(planned, 1, count_parameters(base_path), spec.hardware), per_epoch, planned
 
 
-METHOD_COST = {"sft": (1.0, 0.0), "dpo": (2.0, 2 / 3), "kto": (4 / 3, 2 / 3)}  # (per planned token, reference pass)
+METHOD_COST = {"sft": (1.0, 0.0), "dpo": (2.0, 2 / 3), "kto": (4 / 3, 2 / 3), "sft_then_dpo": (3.0, 2 / 3)}  # (per planned token, reference pass)

@@ -97,9 +97,11 @@ def _raise_if_bad(report: ValidationReport, where: str, stem: str, report_dir: P
         raise DataValidationError(where, report.errors, report_path)
 
 
-METHODS = ("sft", "dpo", "kto")
+METHODS = ("sft", "dpo", "kto", "sft_then_dpo")
+PAIRED = ("dpo", "sft_then_dpo")  # the methods that train on preference pairs
 # what each method trains on, in a feedback dataset folder (tuneloop.feedback.build writes these files)
-FOLDER_FILES = {"sft": ("sft.jsonl",), "dpo": ("preference.jsonl",), "kto": ("sft.jsonl", "negatives.jsonl")}
+FOLDER_FILES = {"sft": ("sft.jsonl",), "dpo": ("preference.jsonl",), "kto": ("sft.jsonl", "negatives.jsonl"),
+                "sft_then_dpo": ("preference.jsonl",)}
 
 
 def resolve_input(data: str | Path, method: str = "sft") -> tuple[list[Path], dict | None]:
@@ -174,7 +176,7 @@ def _read_paths(paths: list[Path], sheet: dict | None, spec: DataSpec, method: s
     _raise_if_bad(report, str(paths[0] if len(paths) == 1 else paths[0].parent), paths[0].stem, report_dir)
     where = str(paths[0] if sheet is None else paths[0].parent)
     pairs = sum(r.rejected is not None for r in report.rows)
-    if method == "dpo" and not pairs:
+    if method in PAIRED and not pairs:
         raise UserError(where, f"holds no preference pairs, and method {method} trains on pairs (a preferred and a "
                         "non-preferred answer to the same prompt)",
                         "give an OpenAI DPO file (input, preferred_output, non_preferred_output), or a feedback "

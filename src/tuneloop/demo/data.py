@@ -405,8 +405,10 @@ def write_preference_data(out_dir: pathlib.Path, seed: int = 0) -> dict[str, pat
     """The routing task as preference data (the same prompts as `write_demo_data`, same held-out partition):
 
     - pairs.jsonl: OpenAI DPO rows, the right intent preferred over a wrong one drawn at random;
-    - thumbs.jsonl: unpaired thumbs for KTO, each prompt once: the right intent with "label": true for
-      two in five prompts, a wrong one with "label": false for the rest (users flag bad answers more);
+    - thumbs.jsonl: unpaired thumbs for KTO: each prompt served twice (two users asking the same thing), each
+      answer on its own: the right intent with "label": true two times in five, a wrong one with "label": false
+      otherwise (users flag bad answers more); a prompt's two answers are drawn independently, so they are not
+      pairs (both can be good, or both bad);
     - heldout-pairs.jsonl: held-out DPO rows (preference accuracy), beside heldout.jsonl (exact match).
     """
     out_dir = pathlib.Path(out_dir)
@@ -415,10 +417,11 @@ def write_preference_data(out_dir: pathlib.Path, seed: int = 0) -> dict[str, pat
     pairs = [preference_row(r, _wrong(r["messages"][-1]["content"], rng)) for r in feedback]
     thumbs = []
     for r in feedback:
-        msgs, good = r["messages"], rng.random() < 0.4
-        answer = msgs[-1]["content"] if good else _wrong(msgs[-1]["content"], rng)
-        thumbs.append({"messages": msgs[:-1] + [{"role": "assistant", "content": answer}], "label": good,
-                       "tenant": TENANT})
+        for _ in range(2):
+            msgs, good = r["messages"], rng.random() < 0.4
+            answer = msgs[-1]["content"] if good else _wrong(msgs[-1]["content"], rng)
+            thumbs.append({"messages": msgs[:-1] + [{"role": "assistant", "content": answer}], "label": good,
+                           "tenant": TENANT})
     held = [preference_row(r, _wrong(r["messages"][-1]["content"], rng)) for r in heldout]
     paths = {"pairs": out_dir / "pairs.jsonl", "thumbs": out_dir / "thumbs.jsonl",
              "heldout_pairs": out_dir / "heldout-pairs.jsonl", "heldout": out_dir / "heldout.jsonl"}

@@ -53,6 +53,7 @@ class TrainResult:
     trainable_params: int
     history: list[dict] = field(default_factory=list)
     stopped_reason: str | None = None  # set when `should_stop` ended the run; resume continues it
+    stages: list[dict] | None = None  # a staged method's stage results, in order
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -149,6 +150,9 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+STAGES = {"sft_then_dpo": ("sft", "dpo")}  # a method that is several methods in turn, each from the last's adapter
+
+
 def train_lora(
     spec: TrainingSpec,
     base_path: str,
@@ -163,7 +167,62 @@ def train_lora(
 
     `should_stop(step, total_steps, elapsed_s)` is asked after each optimizer step (elapsed_s counts
     this process only); a reason stops the run after checkpointing that step, so it resumes exactly.
+    A staged method (`sft_then_dpo`) trains each stage in run_dir/<stage> (see `_train_stages`).
     """
+    if spec.method in STAGES:
+        return _train_stages(spec, base_path, train_rows, val_rows, Path(run_dir), resume, log, should_stop)
+    return _train_one(spec, base_path, train_rows, val_rows, run_dir, resume, log, should_stop)
+
+
+def _train_stages(spec, base_path, train_rows, val_rows, run_dir: Path, resume, log, should_stop) -> TrainResult:
+    """Each stage of a staged method in turn, on the same rows and settings, in run_dir/<stage>: the first from
+    the spec's starting point (a fresh adapter, or `init_adapter`), each later one from the adapter the stage
+    before it ended with, which is then also DPO's reference (the SFT model, as in the usual SFT-then-DPO
+    recipe). A finished stage is not trained again on resume (it resumes from its last checkpoint and stops at
+    once). Steps, seconds and tokens add up; the guards see the stages as one run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results: list[TrainResult] = []
+    init = spec.init_adapter
+    names = STAGES[spec.method]
+    for k, name in enumerate(names):
+        done = results[:]
+        steps0, seconds0 = sum(r.total_steps for r in done), sum(r.seconds for r in done)
+
+        def stop(step, total, elapsed, steps0=steps0, seconds0=seconds0, left=len(names) - k):
+            # the stages train the same rows with the same settings: each later one is counted as long as this one
+            return should_stop(steps0 + step, steps0 + total * left, seconds0 + elapsed) if should_stop else None
+
+        stage = spec.model_copy(update={"method": name, "init_adapter": init})
+        log(f"stage {k + 1}/{len(names)} of {spec.method}: {name}"
+            + (f", from the {done[-1].run_dir.name} adapter" if done else ""))
+        result = _train_one(stage, base_path, train_rows, val_rows, run_dir / name, resume,
+                            lambda m, name=name: log(f"[{name}] {m}"), stop)
+        results.append(result)
+        if result.stopped_reason:  # a guard stopped it: resume runs this stage on, then the next ones
+            break
+        init = result.adapter_dir
+    last = results[-1]  # after a guard's stop: the adapter so far, as a one-stage run leaves it
+    tmp = staging_dir(run_dir, "adapter")
+    shutil.copytree(last.adapter_dir, tmp, dirs_exist_ok=True)
+    if (run_dir / "adapter").exists():
+        shutil.rmtree(run_dir / "adapter")
+    publish_dir(tmp, run_dir / "adapter")
+    seconds = sum(r.seconds for r in results)
+    run_tokens = sum(r.tokens_per_s * r.seconds for r in results)
+    result = TrainResult(
+        adapter_dir=run_dir / "adapter", run_dir=run_dir, steps=sum(r.steps for r in results),
+        total_steps=sum(r.total_steps for r in results) + last.total_steps * (len(names) - len(results)),
+        final_loss=last.final_loss, best_val_loss=last.best_val_loss, best_step=last.best_step,
+        train_tokens=sum(r.train_tokens for r in results), tokens_per_s=run_tokens / max(seconds, 1e-9),
+        seconds=seconds, stopped_early=last.stopped_early,
+        resumed_from_step=results[0].resumed_from_step, trainable_params=last.trainable_params,
+        history=[{**h, "stage": r.run_dir.name} for r in results for h in r.history],
+        stopped_reason=last.stopped_reason, stages=[r.to_json() for r in results])
+    atomic_write_text(run_dir / "result.json", json.dumps(result.to_json(), indent=2))
+    return result
+
+
+def _train_one(spec, base_path, train_rows, val_rows, run_dir, resume, log, should_stop) -> TrainResult:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _seed_all(spec.seed)
