@@ -31,7 +31,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Every bench/*.py once, short settings (about 16 min on 2 idle CPU cores); peers come from the bench extra.
+# Every bench/*.py once, short settings (about 20 min on 2 idle CPU cores); peers come from the bench extra.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet torch==2.13.0 -e '.[bench]'
 	$(BIN)/python bench/run_all.py

@@ -16,7 +16,7 @@ batch 16, no early stopping) for the same number of optimizer steps. Each row re
 
 DPO and KTO run twice: as the paper's loss alone, and with `sft_weight` 1 (the preferred / desirable answer's
 mean token loss added, TRL's rpo_alpha), which the demo preset uses; `sft_then_dpo` runs SFT for half the steps,
-then DPO (the paper's loss, its reference the SFT adapter) for the other half. The last line is the summary.
+then DPO (its reference the SFT adapter) for the other half, with and without `sft_weight`. The last line is the summary.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="100 steps, DPO and KTO with sft_weight only")
+    ap.add_argument("--only", help="method:sft_weight pairs to run, comma-separated (e.g. sft_then_dpo:1)")
     args = ap.parse_args()
     steps = 100 if args.quick else args.steps
 
@@ -62,7 +63,13 @@ def main() -> int:
                                  method="dpo").train
     runs = [("sft", "pairs", 0.0), ("dpo", "pairs", 1.0), ("kto", "thumbs", 1.0)]
     if not args.quick:
-        runs += [("sft_then_dpo", "pairs", 0.0), ("dpo", "pairs", 0.0), ("kto", "thumbs", 0.0)]
+        runs += [("sft_then_dpo", "pairs", 1.0), ("sft_then_dpo", "pairs", 0.0), ("dpo", "pairs", 0.0),
+                 ("kto", "thumbs", 0.0)]
+    if args.only:
+        names = [f"{m}:{w:g}" for m, _, w in runs]
+        runs = [r for r, name in zip(runs, names) if name in args.only.split(",")]
+        if not runs:
+            sys.exit(f"--only {args.only}: no such run; there are {', '.join(names)}")
     ev = EvalSpec(max_new_tokens=8, batch_size=32)
     rows = []
     base_em = None
@@ -98,6 +105,8 @@ def main() -> int:
               f"{r['pref_acc_before']:.3f} -> {r['pref_acc_after']:.3f} | {r['exact_match_before']:.3f} -> "
               f"{r['exact_match_after']:.3f} | {r['tokens_per_s']:,} | {r['train_s']} |")
     best = {r["method"]: r for r in rows if r["sft_weight"] == 1.0}
+    if "sft" not in {r["method"] for r in rows}:
+        return 0
     print("preferences: " + "; ".join(
         f"{m} pref acc {r['pref_acc_before']:.2f}->{r['pref_acc_after']:.2f}, EM {r['exact_match_before']:.2f}->"
         f"{r['exact_match_after']:.2f}" for m, r in best.items())
