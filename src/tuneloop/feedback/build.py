@@ -3,6 +3,8 @@
     positives                 → sft.jsonl (chat rows; also every negative that has a correction)
     negatives                 → negatives.jsonl, each with its reason
     negatives + correction    → preference.jsonl (prompt, chosen, rejected), ready for DPO
+    A/B choices (`rejected`)  → preference.jsonl too: the picked response chosen, the other rejected (unless
+                                the picked one is itself rated negative: then there is nothing to prefer)
     datasheet.json            → sources, license, window, redaction, counts, tenant, guard report
     lineage.json              → the feedback ids behind every file
 
@@ -44,9 +46,10 @@ def _redacted(item: FeedbackItem, counts: Counter) -> FeedbackItem:
     messages, c1 = redact_messages([dict(m) for m in item.messages])
     response, c2 = redact(item.response)
     correction, c3 = redact(item.correction) if item.correction else (None, Counter())
-    counts.update(c1 + c2 + c3)
+    rejected, c4 = redact(item.rejected) if item.rejected else (None, Counter())
+    counts.update(c1 + c2 + c3 + c4)
     return FeedbackItem(**(item.to_json() | {"messages": tuple(messages), "response": response,
-                                               "correction": correction}))
+                                               "correction": correction, "rejected": rejected}))
 
 
 def _line(row: dict) -> str:
@@ -93,6 +96,9 @@ def build_feedback_dataset(
                                     "tenant": tenant}, it.id))
                 sft.append(({"messages": prompt + [{"role": "assistant", "content": it.correction}],
                              "tenant": tenant}, it.id))
+        if it.rejected and label != "negative":  # an A/B choice: the answer picked over the one beside it
+            preference.append(({"prompt": prompt, "chosen": it.response, "rejected": it.rejected,
+                                "tenant": tenant}, it.id))
 
     texts = [" ".join(m["content"] for m in row["messages"]) for row, _ in sft]
     kept, dropped = dedupe(texts, threshold=near_duplicate_threshold)

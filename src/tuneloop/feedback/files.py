@@ -1,7 +1,8 @@
 """Feedback from JSONL and CSV files, read incrementally.
 
 Columns / keys: prompt (or messages), response (or completion), rating (1-5)
-or score (0-1), and optional correction, comment, user, tenant, timestamp, id.
+or score (0-1), and optional correction, rejected (an A/B choice: the answer shown beside the response that
+the user did not pick; rating and score are then optional), comment, user, tenant, timestamp, id.
 The watermark is the byte offset after the last complete line plus a hash
 of the bytes before it: an appended file is read from there on; a file that
 was rewritten is read from the start (the store drops items it already has).
@@ -147,16 +148,22 @@ class FileSource:
         correction = _text(row, "correction", "write the corrected answer as a string")
         if correction is not None and not correction.strip():
             correction = None
+        rejected = _text(row, "rejected", "write the answer the user did not pick as a string")
+        if rejected is not None and not rejected.strip():
+            rejected = None
+        if rejected is not None and rejected == response:
+            raise RowError("rejected is the same text as the response", "an A/B choice needs two different "
+                                                                         "answers; drop rejected, or fix it")
         comment = _text(row, "comment", "write the comment as a string")
         tenant = row.get("tenant") or self.tenant
         if not isinstance(tenant, str) or not tenant.strip():
             raise RowError(f"tenant {_short(tenant)} is not a name", "write the tenant as a non-empty string")
         ident = row.get("id") or content_id([dict(m) for m in messages], response, row.get("user"), timestamp,
-                                             score, rating)
+                                             score, rating, *([rejected] if rejected else []))
         item = FeedbackItem(
             id=f"{self.name}:{ident}", source=self.name, messages=messages, response=response,
             timestamp=timestamp or utc_iso(None), score=score, rating=rating,
-            correction=correction, comment=comment,
+            correction=correction, rejected=rejected, comment=comment,
             user=str(row["user"]) if row.get("user") not in (None, "") else None,
             tenant=tenant, metadata={"line": line},
         )

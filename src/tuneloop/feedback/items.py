@@ -33,6 +33,7 @@ class FeedbackItem:
     score: float | None = None
     rating: float | None = None
     correction: str | None = None
+    rejected: str | None = None  # an A/B choice: the answer shown beside `response` that the user did not pick
     comment: str | None = None
     user: str | None = None
     tenant: str = "default"

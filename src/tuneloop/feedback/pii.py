@@ -331,12 +331,13 @@ def redact_messages(messages: Sequence[dict]) -> tuple[list[dict] | tuple, Count
 
 
 def redact_item(item):
-    """A FeedbackItem with its messages, response, correction and comment redacted, and the counts."""
+    """A FeedbackItem with its messages, response, correction, rejected answer and comment redacted, and the
+    counts."""
     from dataclasses import replace
 
     messages, counts = redact_messages(item.messages)
     fields = {"messages": tuple(messages)}
-    for name in ("response", "correction", "comment"):
+    for name in ("response", "correction", "rejected", "comment"):
         value = getattr(item, name)
         if isinstance(value, str):
             fields[name], c = redact(value)

@@ -68,7 +68,7 @@ class GuardResult:
 
 
 def item_text(item: FeedbackItem) -> str:
-    """What an item would teach: its last user message, response and correction.
+    """What an item would teach: its last user message, response, correction and rejected answer.
 
     System prompts and earlier turns are left out: an app's long shared system prompt would
     otherwise make all its traffic look near-identical.
@@ -76,6 +76,8 @@ def item_text(item: FeedbackItem) -> str:
     parts = [item.prompt, item.response or ""]
     if item.correction:
         parts.append(item.correction)
+    if item.rejected:
+        parts.append(item.rejected)
     return "\n".join(parts)
 
 

@@ -42,7 +42,7 @@ def _without_secrets(item: FeedbackItem) -> FeedbackItem:
         return v
 
     return replace(item, messages=clean(item.messages), response=clean(item.response),
-                   correction=clean(item.correction), comment=clean(item.comment), metadata=clean(item.metadata))
+                   correction=clean(item.correction), rejected=clean(item.rejected), comment=clean(item.comment), metadata=clean(item.metadata))
 
 
 def _safe(name: str) -> str:

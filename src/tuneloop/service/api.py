@@ -16,7 +16,7 @@ error body are OpenAI's (docs/openai-migration.md lists every field).
     GET    /v1/fine_tuning/jobs/{id}/promotions       the job's promotions and their outcomes
     GET    /v1/models[/{model}]         DELETE /v1/models/{model}
     POST   /v1/chat/completions         POST /v1/completions
-    POST   /v1/feedback                               {completion_id, rating|score|thumbs, correction, comment, user}
+    POST   /v1/feedback                               {completion_id, rating|score|thumbs, correction, preferred_over, comment, user}
     GET    /stats                                     the key's tenant: jobs by status, tokens, models, feedback
     GET    /metrics                                   Prometheus (an admin key)
     GET    /health                                    Prefect API, worker, registry, store (no key)
