@@ -72,16 +72,15 @@ def parse(body: dict) -> dict:
                        "or thumbs (up/down) is required (or preferred_over alone, for an A/B choice)",
                        "send one of them")
     out = {"rating": None, "score": None}
-    if not given:
-        pass
-    elif given[0] == "rating":
+    kind = given[0] if given else None  # None: an A/B choice alone
+    if kind == "rating":
         out["rating"] = number(body, "rating", None, 1, 5)
-    elif given[0] == "score":
+    elif kind == "score":
         out["score"] = number(body, "score", None, 0.0, 1.0)
-    elif body["thumbs"] in ("up", "down"):
+    elif kind == "thumbs":
+        if body["thumbs"] not in ("up", "down"):
+            raise BadField("thumbs", body["thumbs"], "must be 'up' or 'down'", "send thumbs='up' or 'down'")
         out["score"] = 1.0 if body["thumbs"] == "up" else 0.0
-    else:
-        raise BadField("thumbs", body["thumbs"], "must be 'up' or 'down'", "send thumbs='up' or 'down'")
     key = body.get("idempotency_key")
     if key is not None and (not isinstance(key, str) or not IDEMPOTENCY_KEY.fullmatch(key)):
         raise BadField("idempotency_key", key, "must be 1-128 letters, digits, '_', '.', ':' or '-'",

@@ -174,6 +174,17 @@ def train_lora(
     return _train_one(spec, base_path, train_rows, val_rows, run_dir, resume, log, should_stop)
 
 
+def _publish_adapter(run_dir: Path, write: Callable[[Path], object]) -> Path:
+    """run_dir/adapter replaced whole by what `write` puts in a staging folder; returns its path."""
+    adapter_dir = run_dir / "adapter"
+    tmp = staging_dir(run_dir, "adapter")
+    write(tmp)
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    publish_dir(tmp, adapter_dir)
+    return adapter_dir
+
+
 def _train_stages(spec, base_path, train_rows, val_rows, run_dir: Path, resume, log, should_stop) -> TrainResult:
     """Each stage of a staged method in turn, on the same rows and settings, in run_dir/<stage>: the first from
     the spec's starting point (a fresh adapter, or `init_adapter`), each later one from the adapter the stage
@@ -185,8 +196,7 @@ def _train_stages(spec, base_path, train_rows, val_rows, run_dir: Path, resume, 
     init = spec.init_adapter
     names = STAGES[spec.method]
     for k, name in enumerate(names):
-        done = results[:]
-        steps0, seconds0 = sum(r.total_steps for r in done), sum(r.seconds for r in done)
+        steps0, seconds0 = sum(r.total_steps for r in results), sum(r.seconds for r in results)
 
         def stop(step, total, elapsed, steps0=steps0, seconds0=seconds0, left=len(names) - k):
             # the stages train the same rows with the same settings: each later one is counted as long as this one
@@ -194,7 +204,7 @@ def _train_stages(spec, base_path, train_rows, val_rows, run_dir: Path, resume, 
 
         stage = spec.model_copy(update={"method": name, "init_adapter": init})
         log(f"stage {k + 1}/{len(names)} of {spec.method}: {name}"
-            + (f", from the {done[-1].run_dir.name} adapter" if done else ""))
+            + (f", from the {results[-1].run_dir.name} adapter" if results else ""))
         result = _train_one(stage, base_path, train_rows, val_rows, run_dir / name, resume,
                             lambda m, name=name: log(f"[{name}] {m}"), stop)
         results.append(result)
@@ -202,11 +212,7 @@ def _train_stages(spec, base_path, train_rows, val_rows, run_dir: Path, resume, 
             break
         init = result.adapter_dir
     last = results[-1]  # after a guard's stop: the adapter so far, as a one-stage run leaves it
-    tmp = staging_dir(run_dir, "adapter")
-    shutil.copytree(last.adapter_dir, tmp, dirs_exist_ok=True)
-    if (run_dir / "adapter").exists():
-        shutil.rmtree(run_dir / "adapter")
-    publish_dir(tmp, run_dir / "adapter")
+    _publish_adapter(run_dir, lambda tmp: shutil.copytree(last.adapter_dir, tmp, dirs_exist_ok=True))
     seconds = sum(r.seconds for r in results)
     run_tokens = sum(r.tokens_per_s * r.seconds for r in results)
     result = TrainResult(
@@ -364,16 +370,9 @@ def _train_one(spec, base_path, train_rows, val_rows, run_dir, resume, log, shou
     tb.close()
     seconds = time.perf_counter() - t0
 
-    adapter_dir = run_dir / "adapter"
     best = sorted(run_dir.glob("best-*"))
-    tmp = staging_dir(run_dir, "adapter")
-    if best:
-        shutil.copytree(best[-1] / "adapter", tmp, dirs_exist_ok=True)
-    else:
-        model.save_pretrained(tmp)
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    publish_dir(tmp, adapter_dir)
+    adapter_dir = _publish_adapter(run_dir, lambda tmp: shutil.copytree(best[-1] / "adapter", tmp, dirs_exist_ok=True)
+                                   if best else model.save_pretrained(tmp))
 
     result = TrainResult(
         adapter_dir=adapter_dir, run_dir=run_dir, steps=state["global_step"], total_steps=total,
