@@ -138,19 +138,53 @@ def test_lru_evicts_by_measured_bytes_and_reloads_on_next_use(lib):
 
 
 def test_a_request_in_flight_keeps_its_adapter(lib):
-    """Two bases (same weights, two ids), room for one adapter: while a request runs on base t2, loading on
-    t1 must not evict t2's adapter; once t2 is idle, the next load does."""
+    """Two bases (same weights, two ids), room for one adapter: while a request is in a step on base t2 (its
+    loop holds t2's lock), loading on t1 must not evict t2's adapter; once t2 is idle, the next load does."""
     pool = _pool(lib, budget_bytes=_nbytes(lib["dirs"]["a0"]) * 3 // 2)
     on_t2 = pool.engine("t2", _ad(lib, "a0"))
     assert on_t2.chat(CHATS[0], max_tokens=8).text == lib["ref"]["a0"][0]
-    with on_t2._activated():  # a generation on t2 holds its base from here to the end of the block
+    inside, go = threading.Event(), threading.Event()
+
+    def hold(_delta):  # called from t2's loop, mid-step
+        inside.set()
+        go.wait(30)
+
+    g = on_t2.start("completion", PROMPT, max_tokens=6, on_delta=hold)
+    assert inside.wait(30)
+    try:
         assert pool.engine("t1", _ad(lib, "a1")).chat(CHATS[0], max_tokens=8).text == lib["ref"]["a1"][0]
         st = pool.stats()
         assert len(st["adapters"]) == 2 and st["evictions"] == 0 and st["over_budget"] == 1
+    finally:
+        go.set()
+    assert g.result(30).text == lib["ref"]["a0"][2]
     assert pool.engine("t1", _ad(lib, "a2")).chat(CHATS[0], max_tokens=8).text == lib["ref"]["a2"][0]
     st = pool.stats()
     assert [a["name"] for a in st["adapters"]] == [_ad(lib, "a2")[0]] and st["evictions"] == 2
     assert st["bases"] == ["t1", "t2"] and st["base_loads"] == 2
+
+
+def test_a_batch_mixes_adapters_and_pins_them(lib):
+    """One base, room for one adapter: a request for a1 that joins while a0's is mid-answer shares its batch
+    (both answer as their merged models do), and a0 is not evicted under it; once both end, a load evicts."""
+    pool = _pool(lib, budget_bytes=_nbytes(lib["dirs"]["a0"]) * 3 // 2)
+    second = []
+
+    def join_another(_delta):  # from the loop's thread, after a0's first piece of text
+        if not second:
+            second.append(pool.engine(TINY, _ad(lib, "a1")).start("chat", CHATS[0], max_tokens=8))
+
+    first = pool.engine(TINY, _ad(lib, "a0")).start("completion", PROMPT, max_tokens=6, on_delta=join_another)
+    out = first.result(30)
+    assert out.text == lib["ref"]["a0"][2] and second and second[0].result(30).text == lib["ref"]["a1"][0]
+    assert out.completion_tokens == 6, "the first answer must outlast the step where the second joins"
+    st = pool.stats()
+    assert pool._loop(pool._bases[TINY]).counts["max_rows"] == 2  # they decoded in one batch
+    assert len(st["adapters"]) == 2 and st["evictions"] == 0 and st["over_budget"] == 1
+    assert all(a["in_use"] == 0 for a in st["adapters"])
+    assert _answers(pool.engine(TINY, _ad(lib, "a2"))) == lib["ref"]["a2"]
+    st = pool.stats()
+    assert [a["name"] for a in st["adapters"]] == [_ad(lib, "a2")[0]] and st["evictions"] == 2
 
 
 def test_adapter_bigger_than_the_budget_is_refused_clearly(lib):

@@ -36,8 +36,9 @@ json_flat = st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(an
 safe_text = st.one_of(st.text(max_size=20), st.sampled_from(["", "\x00", "<|end|>", "<|user|>hi<|assistant|>", "<s>",
                                                              "I was charged twice"]))
 CHAT_FIELDS = ["model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
-               "n", "stream", "user"]
-COMPLETION_FIELDS = ["model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "user"]
+               "n", "stream", "stream_options", "user"]
+COMPLETION_FIELDS = ["model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream",
+                     "stream_options", "user"]
 
 
 def _optional() -> dict:
@@ -45,7 +46,8 @@ def _optional() -> dict:
             "temperature": st.none() | st.floats(0.0, 2.0), "top_p": st.none() | st.floats(0.0, 1.0),
             "stop": st.none() | safe_text | st.lists(safe_text, max_size=4),
             "seed": st.none() | st.integers(-2**63, 2**63 - 1), "n": st.sampled_from([1, 1.0, None]),
-            "stream": st.sampled_from([False, None]), "user": safe_text}
+            "stream": st.sampled_from([False, None, True]), "user": safe_text,
+            "stream_options": st.none() | st.fixed_dictionaries({}, optional={"include_usage": st.booleans()})}
 
 
 def valid_body(kind: str):
@@ -58,10 +60,19 @@ def valid_body(kind: str):
     else:
         required = {"prompt": safe_text | st.lists(safe_text, min_size=1, max_size=1)}
     return st.one_of(st.fixed_dictionaries({**required, "max_tokens": tokens}, optional=_optional()),
-                     st.fixed_dictionaries({**required, "max_completion_tokens": tokens}, optional=_optional()))
+                     st.fixed_dictionaries({**required, "max_completion_tokens": tokens}, optional=_optional())
+                     ).map(_stream_options_with_stream_only)
+
+
+def _stream_options_with_stream_only(body: dict) -> dict:
+    """As OpenAI's API, stream_options is valid only with stream=true."""
+    if not body.get("stream") and body.get("stream_options") is not None:
+        del body["stream_options"]
+    return body
 
 
 TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
+TOGETHER = {"stream": ("stream_options",), "stream_options": ("stream",)}  # stream_options needs stream=true
 
 
 def _cap(body):
@@ -80,6 +91,13 @@ def _cap(body):
 def _check(resp, field: str | None = None) -> bool:
     """Whether the body was accepted; fails on a 5xx or on a rejection that does not name its field and rule."""
     assert resp.status_code < 500, resp.text
+    if resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream"):
+        events = [line[len("data: "):] for line in resp.text.split("\n\n") if line.startswith("data: ")]
+        assert events and events[-1] == "[DONE]", resp.text  # a stream ends with [DONE], never an error event
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert all(c["object"] in ("chat.completion.chunk", "text_completion") for c in chunks), chunks
+        assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]) == 1, chunks
+        return True
     if resp.status_code == 200:
         data = resp.json()
         assert data["choices"] and data["usage"]["completion_tokens"] <= max(MAX_TOKENS)
@@ -93,8 +111,8 @@ def _check(resp, field: str | None = None) -> bool:
     else:
         root = re.split(r"[\[.]", err["param"])[0]
         assert root in err["message"], err
-        if field is not None:
-            assert root == field, (field, err)
+        if field is not None:  # a rule about two fields may name either
+            assert root == field or root in TOGETHER.get(field, ()), (field, err)
     return False
 
 

@@ -51,3 +51,31 @@ def test_the_loop_key_acts_on_the_named_tenants_slots_only(tmp_path, good_adapte
     r = get("/admin/status", acme_admin, "beta")  # a tenant's own admin key: its own tenant, whatever it names
     assert r.status_code == 200 and r.json()["tenant"] == "acme"
     assert get("/admin/status", "tll-" + "x" * 43, "acme").status_code == 401  # a made-up loop key
+
+
+def test_the_service_streams_and_reports_a_cold_adapter_load(tmp_path, good_adapter):
+    """Through the `openai` SDK: the first answer from a slot's adapter says how long loading it took (and a
+    second, warm one does not); a streamed answer equals the plain one, and feedback can name it by its id."""
+    import openai
+
+    home = Home.at(tmp_path / "home")
+    home.root.mkdir()
+    reg = open_registry(str(home.registry("acme")))
+    reg.set_alias("champion", reg.create_version(good_adapter, base_model=TINY_BASE, dataset_version="d",
+                                                 parent_version=None, spec={}, metrics={}).id)
+    key = add_key(home.keys_file, "acme")
+    client = TestClient(create_service_app(Service(home, None), AdapterPool()))
+    oa = openai.OpenAI(base_url="http://testserver/v1", api_key=key, http_client=client, max_retries=0)
+    msgs = [{"role": "user", "content": "I was charged twice"}]
+    cold = oa.chat.completions.with_raw_response.create(model="champion", messages=msgs, max_tokens=8, temperature=0)
+    assert float(cold.headers["x-tuneloop-adapter-load-ms"]) > 0
+    warm = oa.chat.completions.with_raw_response.create(model="champion", messages=msgs, max_tokens=8, temperature=0)
+    assert "x-tuneloop-adapter-load-ms" not in warm.headers
+    plain = warm.parse()
+    chunks = list(oa.chat.completions.create(model="champion", messages=msgs, max_tokens=8, temperature=0,
+                                             stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    r = client.post("/v1/feedback", headers={"Authorization": f"Bearer {key}"},
+                    json={"completion_id": chunks[0].id, "thumbs": "up"})
+    assert r.status_code == 200, r.text

@@ -14,6 +14,7 @@ import os
 from tuneloop.cli.runflow import import_flow, prefect_env
 from tuneloop.errors import UserError
 from tuneloop.serving.capacity import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_QUEUE
+from tuneloop.serving.engine import DEFAULT_MAX_BATCH
 
 DEFAULT_SERVER = os.environ.get("TUNELOOP_SERVER", "http://127.0.0.1:8000")
 DEFAULT_DEPLOYMENT = "retrain/retrain"
@@ -36,7 +37,7 @@ def cmd_serve(args) -> int:
 
     run_server(args.host, args.port, args.registry, args.base, args.version, args.name,
                drain_timeout=args.drain_timeout, allow_faults=args.allow_faults, keys_file=args.keys,
-               max_concurrency=args.max_concurrency, max_queue=args.max_queue)
+               max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_batch=args.max_batch)
     return 0
 
 
@@ -201,6 +202,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
                    help=f"requests waiting for a generation slot; beyond, 429 with Retry-After "
                         f"(default {DEFAULT_MAX_QUEUE})")
+    s.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help=f"sequences of one model decoded together (one forward per step for all); 1: one at a "
+                        f"time (default {DEFAULT_MAX_BATCH})")
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("deploy", help="what a server serves: status, load, switch, rollback, promote")

@@ -28,6 +28,7 @@ import yaml
 from tuneloop.errors import TuneloopError, UserError
 from tuneloop.service.home import Home
 from tuneloop.service.jobs import RunView
+from tuneloop.serving.engine import DEFAULT_MAX_BATCH
 
 # Prefect's CLI through this interpreter: the `prefect` script may live elsewhere than sys.executable's folder
 # (`pip install --user`, a venv lending its packages) or not at all; this is the prefect tuneloop imports.
@@ -453,7 +454,7 @@ def cmd_up(args) -> int:
         service.url = url  # where the promote flow reaches the slots
         for job in service.resume_orphans():
             print(f"resuming {job}: its run was in flight when the service stopped", flush=True)
-        pool = AdapterPool(budget_bytes=int(args.adapter_budget_mb * 2**20))
+        pool = AdapterPool(budget_bytes=int(args.adapter_budget_mb * 2**20), max_batch=args.max_batch)
         app = create_service_app(service, pool, health=lambda: runs.health(worker))
         if every:
             print(f"collecting feedback appended to {home.incoming} every {every} s", flush=True)
@@ -545,6 +546,9 @@ def add_parsers(sub) -> None:
     u.add_argument("--prefect-port", type=int, help="port of the local Prefect server (default: a free one)")
     u.add_argument("--adapter-budget-mb", type=float, default=512.0,
                    help="memory for loaded adapters; the least recently used are unloaded beyond it (default 512)")
+    u.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                   help=f"sequences of one base decoded together, whatever their adapters; 1: one at a time "
+                        f"(default {DEFAULT_MAX_BATCH})")
     u.set_defaults(func=cmd_up)
     k = sub.add_parser("keys", help="API keys of the service").add_subparsers(dest="keys_cmd", required=True)
     c = k.add_parser("create", help="make a key; it is printed once, alone on stdout (a note on it goes to "

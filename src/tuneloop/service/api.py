@@ -29,13 +29,16 @@ and `green` pin a slot.
 
 from __future__ import annotations
 
+import uuid
+from contextlib import AsyncExitStack
+
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from tuneloop.serving import bodies
+from tuneloop.serving import bodies, streaming
 from tuneloop.serving.app import Denied, add_admin_routes, add_error_handlers, authorize, completion_object
 from tuneloop.serving.rollout import TENANT_HEADER
 from tuneloop.serving.capacity import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_QUEUE, Admission
@@ -248,26 +251,49 @@ def create_service_app(service: Service, pool=None, max_concurrency: int = DEFAU
             slot_models = ", ".join(sorted(PINS | {CHAMPION}))
             raise Denied(401, f"the loop key asks the tenant's blue-green slots only ({slot_models}), not "
                          f"{model!r}. Fix: use a tenant's key")
-        outcome, headers = "error", {}
+        stream, include_usage = bodies.streaming(b)
+        asked = payload if kind == "chat" else [{"role": "user", "content": payload}]
+        state = {"outcome": "error"}
+        stack = AsyncExitStack()
+        await stack.__aenter__()
         try:
             if on_slots:
                 router, slot = await run_in_threadpool(slots.route, t, model)
-                async with admission.slot():
-                    with router.serving(slot) as engine:  # counted in the slot's stats the promote flow reads
-                        fn = engine.chat if kind == "chat" else engine.complete
-                        out = await anyio.to_thread.run_sync(lambda: fn(payload, **args))
+                await stack.enter_async_context(admission.slot())
+                engine = stack.enter_context(router.serving(slot))  # counted in the slot's stats the flow reads
                 headers = {"x-tuneloop-slot": slot, "x-tuneloop-version": engine.version}
             else:
                 base, adapter = await run_in_threadpool(service.resolve_model, t, model)
-                async with admission.slot():
-                    engine = await run_in_threadpool(pool.engine, base, adapter)
-                    fn = engine.chat if kind == "chat" else engine.complete
-                    out = await anyio.to_thread.run_sync(lambda: fn(payload, **args))
-            outcome = "ok"
-        finally:
-            answered.labels(outcome).inc()
+                await stack.enter_async_context(admission.slot())
+                engine = await run_in_threadpool(pool.engine, base, adapter)
+                headers = {}
+            if stream:
+                rid = uuid.uuid4().hex[:24]
+
+                async def ended(g) -> None:
+                    state["outcome"] = "ok" if g.done and g.error is None else "cancelled" if g.cancelled else "error"
+                    answered.labels(state["outcome"]).inc()
+                    if state["outcome"] == "ok":  # feedback may name the streamed answer by its id
+                        cid = f"chatcmpl-{rid}" if kind == "chat" else f"cmpl-{rid}"
+                        await run_in_threadpool(service.completions.keep, t, cid, model, asked, g.result(0).text)
+
+                response = await streaming.respond(stack, engine, kind, payload, args, model=model,
+                                                   include_usage=include_usage, headers=headers, on_end=ended,
+                                                   rid=rid)
+                stack = None  # the response closes it when the stream ends
+                return response
+            out = await anyio.to_thread.run_sync(lambda: engine.start(kind, payload, **args).result())
+            if out.load_s is not None:  # this request loaded its adapter: say how long that took
+                headers["x-tuneloop-adapter-load-ms"] = f"{out.load_s * 1000:.1f}"
+            state["outcome"] = "ok"
+        except BaseException as e:
+            if stack is not None:
+                await stack.__aexit__(type(e), e, e.__traceback__)
+                answered.labels(state["outcome"]).inc()
+            raise
+        await stack.__aexit__(None, None, None)
+        answered.labels(state["outcome"]).inc()
         data = completion_object(kind, model, out)
-        asked = payload if kind == "chat" else [{"role": "user", "content": payload}]
         await run_in_threadpool(service.completions.keep, t, data["id"], model, asked, out.text)  # feedback: by id
         return JSONResponse(data, headers=headers)
 

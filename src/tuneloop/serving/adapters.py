@@ -9,16 +9,19 @@ folder))` returns an engine with the merged Engine's `chat`/`complete`: the
 generation code is Engine's own; only the hook that picks the model to run
 (`_activated`) differs, selecting the adapter under the base's lock.
 
-Locks: requests on one base serialize on that base's lock (a CPU forward
-already uses every core, and peft's active adapter is per model); different
-bases run in parallel. Loading, evicting and unloading an adapter change its
-base's modules, so they too happen under that base's lock. An adapter on
-another base is evicted only if its lock is free at that moment (no request
-is running there), so a request never loses its adapter mid-generation; when
-every candidate is busy the pool stays over budget until a later load (see
-`over_budget` in `stats`). The budget is checked after a load, measured on
-the loaded tensors, so memory may briefly exceed it by the adapter being
-loaded.
+Batching: each base has one decode loop (serving.decode) that runs every
+request on that base together, whatever its adapter: peft's `adapter_names`
+sends each row of a batch through its own adapter ("__base__" for the bare
+base). A request pins its adapter from the step it joins to the step it
+leaves; eviction skips pinned adapters, and an `unload` of a pinned one
+waits (the adapter goes when its last request ends), so no request loses its
+adapter mid-answer. Loading, evicting and unloading change the base's
+modules, so they happen under the base's lock, which the loop holds for each
+step and releases between steps. An adapter on another base is evicted only
+if that base's lock is free at that moment. When every candidate is pinned
+or busy the pool stays over budget until a later load (see `over_budget` in
+`stats`). The budget is checked after a load, measured on the loaded
+tensors, so memory may briefly exceed it by the adapter being loaded.
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from tuneloop.errors import UserError
-from tuneloop.serving.engine import Engine
+from tuneloop.serving.decode import BASE_ROW, DecodeLoop
+from tuneloop.serving.engine import DEFAULT_MAX_BATCH, Engine
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -50,7 +53,7 @@ class _Base:
     model: object = None
     tok: object = None
     peft: object = None
-    active: str | None = None  # peft's active adapter key, if known: set_adapter walks every module
+    loop: DecodeLoop | None = None
 
 
 @dataclass
@@ -61,21 +64,25 @@ class _Loaded:
     base_id: str
     nbytes: int
     last_used: float
+    pins: int = 0  # requests using it now
+    doomed: bool = False  # unloaded while pinned: goes when the last request ends
+    load_s: float = 0.0  # seconds its last load took
 
 
 @dataclass
 class PooledEngine(Engine):
-    """An Engine whose model is a shared base: generation selects this engine's adapter (loading it again
-    if it was evicted) or, for the bare base, disables all adapters, under the base's lock."""
+    """An Engine whose model is a shared base: its requests go to the base's decode loop with this engine's
+    adapter (loaded again if it was evicted), or none for the bare base."""
 
     pool: "AdapterPool | None" = field(default=None, repr=False)
     base: _Base | None = field(default=None, repr=False)
     adapter: tuple[str, Path] | None = None
 
-    @contextmanager
-    def _activated(self):
-        with self._lock, self.pool._selected(self.base, self.adapter) as model:
-            yield model
+    def _decoder(self) -> DecodeLoop:
+        return self.pool._loop(self.base)
+
+    def _adapter(self):
+        return self.adapter
 
 
 def _default_load_base(base_id: str):
@@ -93,11 +100,13 @@ def _mib(n: int) -> str:
 class AdapterPool:
     """Bases loaded once each; adapters attached on demand, least recently used evicted past `budget_bytes`."""
 
-    def __init__(self, budget_bytes: int = 512 * 2**20, load_base: Callable[[str], tuple] | None = None):
+    def __init__(self, budget_bytes: int = 512 * 2**20, load_base: Callable[[str], tuple] | None = None,
+                 max_batch: int = DEFAULT_MAX_BATCH):
         if not isinstance(budget_bytes, int) or isinstance(budget_bytes, bool) or budget_bytes < 0:
             raise UserError(f"budget_bytes={budget_bytes!r}", "the adapter budget is a whole number of bytes, 0 "
                             "or more", "pass e.g. 512 * 2**20 for 512 MiB")
-        self.budget_bytes = budget_bytes
+        DecodeLoop.check_max_batch(max_batch)
+        self.budget_bytes, self.max_batch = budget_bytes, max_batch
         self._load_base = load_base or _default_load_base
         self._mu = threading.Lock()  # the tables below; never held while waiting for a base's lock
         self._bases: dict[str, _Base] = {}
@@ -124,28 +133,38 @@ class AdapterPool:
                                 "ask for it with the base it was trained on, or give the other model another name")
             adapter = (name, folder)
         return PooledEngine(version=adapter[0] if adapter else "base", model=base.model, tok=base.tok,
-                            base_model=base_id, _lock=base.lock, pool=self, base=base, adapter=adapter)
+                            base_model=base_id, max_batch=self.max_batch, _lock=base.lock, pool=self, base=base,
+                            adapter=adapter)
 
     def stats(self) -> dict:
         with self._mu:
             return {
                 "bases": sorted(b for b, e in self._bases.items() if e.model is not None),
-                "adapters": [{"name": a.name, "base": a.base_id, "bytes": a.nbytes, "last_used": a.last_used}
-                             for a in self._lru.values()],  # least recently used first
+                "adapters": [{"name": a.name, "base": a.base_id, "bytes": a.nbytes, "last_used": a.last_used,
+                          "in_use": a.pins, "load_s": round(a.load_s, 4)} for a in self._lru.values()],  # least recently used first
                 "budget_bytes": self.budget_bytes, "bytes_used": self._used, **self.counts}
 
+    def load_seconds(self, name: str) -> float | None:
+        """How long adapter `name`'s last load took, if it is loaded."""
+        with self._mu:
+            loaded = self._lru.get(name)
+            return None if loaded is None else loaded.load_s
+
     def unload(self, name: str) -> bool:
-        """Detach adapter `name` (e.g. its model was deleted); False if it was not loaded. Waits for a
-        request running on its base to finish."""
+        """Detach adapter `name` (e.g. its model was deleted); False if it was not loaded. While requests use
+        it, it stays until the last of them ends, then goes."""
         with self._mu:
             loaded = self._lru.get(name)
         if loaded is None:
             return False
         base = self._bases[loaded.base_id]
-        with base.lock, self._mu:
+        with base.lock, self._mu:  # between two steps of the base's loop
             if self._lru.get(name) is not loaded:  # evicted or replaced meanwhile
                 return False
-            self._drop(base, loaded)
+            if loaded.pins:
+                loaded.doomed = True
+            else:
+                self._drop(base, loaded)
             self.counts["unloads"] += 1
         return True
 
@@ -163,25 +182,46 @@ class AdapterPool:
                         self.counts["base_loads"] += 1
         return base
 
-    # -- selection, under the base's lock -------------------------------------------------------------------
-    @contextmanager
-    def _selected(self, base: _Base, adapter: tuple[str, Path] | None):
-        """The model to generate with, its adapter active; the caller holds `base.lock`."""
-        if adapter is None:
-            if base.peft is not None and base.peft.peft_config:
-                with base.peft.disable_adapter():
-                    yield base.model
-            else:  # no adapter attached (or all evicted): peft's layers, if any, hold none
-                yield base.model
-            return
-        key = self._attach(base, *adapter)
-        if base.active != key:
-            base.peft.set_adapter(key, inference_mode=True)
-            base.active = key
-        yield base.peft
+    # -- the base's decode loop ------------------------------------------------------------------------------
+    def _loop(self, base: _Base) -> DecodeLoop:
+        with self._mu:
+            if base.loop is None:
+                base.loop = DecodeLoop(base.tok, base.lock, lambda keys: self._model_for(base, keys),
+                                       join=lambda g: self._join(base, g), leave=self._leave,
+                                       max_batch=self.max_batch, name=base.base_id)
+            return base.loop
 
-    def _attach(self, base: _Base, name: str, folder: Path) -> str:
-        """peft's key for adapter `name` on `base`, loading it (and evicting others) if it is not loaded."""
+    @staticmethod
+    def _model_for(base: _Base, keys: list) -> tuple:
+        if base.peft is None or not base.peft.peft_config:  # no adapter attached (yet, or any more)
+            return base.model, {}
+        return base.peft, {"adapter_names": [k or BASE_ROW for k in keys]}
+
+    def _join(self, base: _Base, g) -> str | None:
+        """Under the base's lock (the loop's step): load generation `g`'s adapter if need be (setting
+        `g.load_s`) and pin it; its peft key."""
+        if g.adapter is None:
+            return None
+        key, g.load_s = self._attach(base, *g.adapter)
+        with self._mu:
+            self._lru[g.adapter[0]].pins += 1
+        return key
+
+    def _leave(self, key: str | None) -> None:
+        """Under the base's lock: unpin the adapter with peft key `key`; drop it if it was unloaded meanwhile."""
+        if key is None:
+            return
+        with self._mu:
+            loaded = next((a for a in self._lru.values() if a.key == key), None)
+            if loaded is None:
+                return
+            loaded.pins -= 1
+            if loaded.pins == 0 and loaded.doomed:
+                self._drop(self._bases[loaded.base_id], loaded)
+
+    def _attach(self, base: _Base, name: str, folder: Path) -> tuple[str, float | None]:
+        """(peft's key for adapter `name` on `base`, seconds its load took or None if it was loaded already),
+        loading it (and evicting others) if need be."""
         with self._mu:
             loaded = self._lru.get(name)
             if loaded is not None:
@@ -191,8 +231,9 @@ class AdapterPool:
                 self._lru.move_to_end(name)
                 loaded.last_used = time.time()
                 self.counts["hits"] += 1
-                return loaded.key
+                return loaded.key, None
         key = "a" + hashlib.sha256(name.encode()).hexdigest()[:16]
+        t0 = time.perf_counter()
         self._inspect(name, folder, base)
         self._load(base, name, folder, key)
         nbytes = self._measure(base, key)
@@ -203,16 +244,16 @@ class AdapterPool:
                             f"budget of {self.budget_bytes} bytes ({_mib(self.budget_bytes)})",
                             f"raise the pool's budget_bytes to at least {nbytes}")
         with self._mu:
-            self._lru[name] = _Loaded(name, key, folder, base.base_id, nbytes, time.time())
+            self._lru[name] = _Loaded(name, key, folder, base.base_id, nbytes, time.time(),
+                                      load_s=time.perf_counter() - t0)
             self._used += nbytes
             self.counts["loads"] += 1
             self._evict(keep=name, holding=base)
-        return key
+        return key, self._lru[name].load_s
 
     def _load(self, base: _Base, name: str, folder: Path, key: str) -> None:
         from peft import PeftModel
 
-        base.active = None
         try:
             if base.peft is None:
                 base.peft = PeftModel.from_pretrained(base.model, str(folder), adapter_name=key)
@@ -224,6 +265,8 @@ class AdapterPool:
                             f"{base.base_id!r}: {type(e).__name__}: {' '.join(str(e).split())[:300]}",
                             "check that the adapter was trained on this base and its files are complete "
                             "(re-export or retrain it)") from e
+        if base.peft.active_adapter not in base.peft.peft_config:  # its last adapter was detached
+            base.peft.set_adapter(key, inference_mode=True)  # (rows pick theirs by name; peft needs one active)
         missing = self._missing(base, key, folder)
         if missing:
             self._detach(base, key)
@@ -251,7 +294,6 @@ class AdapterPool:
             del base.model.peft_config
 
     def _detach(self, base: _Base, key: str) -> None:
-        base.active = None
         others = [k for k in base.peft.peft_config if k != key]
         if others and key in base.peft.active_adapters:  # else peft warns that it switched the active one
             base.peft.set_adapter(others[0], inference_mode=True)
@@ -279,9 +321,9 @@ class AdapterPool:
         for name in list(self._lru):  # least recently used first
             if self._used <= self.budget_bytes:
                 return
-            if name == keep:
-                continue
             loaded = self._lru[name]
+            if name == keep or loaded.pins:  # a request is using it
+                continue
             base = self._bases[loaded.base_id]
             if base is holding:
                 self._drop(base, loaded)

@@ -3,8 +3,10 @@
 Public routes (the `openai` SDK talks to them unchanged, `base_url=http://host:port/v1`)::
 
     POST /v1/chat/completions   {"model", "messages", "max_tokens"|"max_completion_tokens",
-                                 "temperature", "top_p", "stop", "seed", "n": 1, "stream": false}
-    POST /v1/completions        {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed"}
+                                 "temperature", "top_p", "stop", "seed", "n": 1, "stream",
+                                 "stream_options": {"include_usage"}}
+    POST /v1/completions        {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed",
+                                 "stream", "stream_options"}
     GET  /v1/models             the served name and each loaded version
     GET  /health                200 when the live slot is ready, else 503; with its dependencies
     GET  /metrics               Prometheus text
@@ -15,7 +17,9 @@ version id ("v3"); anything else is a 404 model_not_found. Every answer
 carries `x-tuneloop-slot` and `x-tuneloop-version` headers. Bodies are
 checked field by field (bodies.py) before any model work; then at most
 `max_concurrency` generations run and `max_queue` wait, and beyond that the
-answer is 429 with Retry-After (capacity.py).
+answer is 429 with Retry-After (capacity.py). Running generations of one
+model decode together in its batch (decode.py); `stream=true` sends the
+answer as it is made (streaming.py).
 
 With a keys file (keys.py) every route but /health needs `Authorization:
 Bearer <key>`; each tenant has its own slots, served name and metrics, and a
@@ -45,7 +49,7 @@ import hmac
 import re
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,10 +61,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tuneloop.errors import ConflictError, TuneloopError, UserError
-from tuneloop.serving import bodies
+from tuneloop.serving import bodies, streaming
 from tuneloop.serving.bodies import BadField, BodyTooLarge
 from tuneloop.serving.capacity import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_QUEUE, Admission, Overloaded
-from tuneloop.serving.engine import Engine
+from tuneloop.serving.engine import DEFAULT_MAX_BATCH, Engine
 from tuneloop.serving.keys import KeyRing
 from tuneloop.serving.slots import SLOTS, Router, UnknownModel, takes_turn
 
@@ -71,9 +75,10 @@ _VERSION_REF = re.compile(r"v[1-9]\d{0,8}")
 class Loader:
     """Turns a version reference into an Engine: "base" for the bare base model, else a registry ref."""
 
-    def __init__(self, registry=None, base_model: str | None = None):
+    def __init__(self, registry=None, base_model: str | None = None, max_batch: int = DEFAULT_MAX_BATCH):
         self.registry = registry
         self.base_model = base_model
+        self.max_batch = max_batch
 
     def owner(self, ref: str) -> tuple[str, str]:
         """(version id, tenant) of a registry ref: the manifest's `tenant`, else "default"."""
@@ -91,13 +96,13 @@ class Loader:
             if not self.base_model:
                 raise UserError(ref, "serving the bare base needs a base model", "start the server with --base")
             return Engine.load("base", resolve_base_model(self.base_model, models, log=lambda m: None), None,
-                               self.base_model)
+                               self.base_model, self.max_batch)
         if self.registry is None:
             raise UserError(ref, "loading a version needs a registry", "start the server with --registry")
         v = self.registry.get(ref)
         adapter = self.registry.adapter_for(v.id)  # sha256 of every file checked (and fetched from S3) first
         base = v.manifest["base_model"]
-        return Engine.load(v.id, resolve_base_model(base, models, log=lambda m: None), adapter, base)
+        return Engine.load(v.id, resolve_base_model(base, models, log=lambda m: None), adapter, base, self.max_batch)
 
 
 class Denied(TuneloopError):
@@ -267,36 +272,62 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
         router, m = t.router, t.metrics
         body = await _json(request)
         args = bodies.generation(body, kind)
+        stream, include_usage = bodies.streaming(body)
         payload = bodies.messages(body) if kind == "chat" else bodies.prompt(body)
         model = bodies.model(body, t.served_name)
         router.check(model, t.served_name)  # an unknown model is told at once, not after the queue
         t0 = time.perf_counter()
-        outcome, version, slot = "error", "?", None
+        state = {"outcome": "error", "version": "?", "slot": None}
+
+        def record() -> None:
+            if state["slot"] is not None:
+                m.requests.labels(state["slot"], state["version"], state["outcome"]).inc()
+                m.latency.labels(state["slot"]).observe(time.perf_counter() - t0)
+
+        stack = AsyncExitStack()
+        await stack.__aenter__()
         try:
-            async with admission.slot():
-                slot = router.route(model, t.served_name)
-                with router.serving(slot) as engine:
-                    version = engine.version
-                    m.in_flight.labels(slot).inc()
-                    try:
-                        fn = engine.chat if kind == "chat" else engine.complete
-                        with _field("messages" if kind == "chat" else "prompt"):  # e.g. longer than the context
-                            out = await anyio.to_thread.run_sync(lambda: fn(payload, **args))
-                        faults = router.slots[slot].faults
-                        if faults:
-                            await _inject(router.slots[slot], faults, out)
-                    finally:
-                        m.in_flight.labels(slot).dec()
-            outcome = "ok"
-        except Overloaded:
-            m.refused.inc()
+            await stack.enter_async_context(admission.slot())
+            slot = state["slot"] = router.route(model, t.served_name)
+            engine = stack.enter_context(router.serving(slot))
+            state["version"] = engine.version
+            m.in_flight.labels(slot).inc()
+            stack.callback(m.in_flight.labels(slot).dec)
+            faults = router.slots[slot].faults
+            headers = {"x-tuneloop-slot": slot, "x-tuneloop-version": engine.version}
+            if stream:
+                if faults:
+                    await _inject(router.slots[slot], faults, None)
+
+                def ended(g) -> None:
+                    ok = g.done and g.error is None
+                    state["outcome"] = "ok" if ok else "cancelled" if g.cancelled else "error"
+                    record()
+
+                with _field("messages" if kind == "chat" else "prompt"):
+                    response = await streaming.respond(
+                        stack, engine, kind, payload, args, model=model, include_usage=include_usage,
+                        headers=headers, fingerprint=f"{slot}-{engine.version}", on_end=ended,
+                        edit=(lambda piece: "".join(reversed(piece)) + " ???") if faults.get("corrupt") else None)
+                stack = None  # the response closes it when the stream ends
+                return response
+            fn = engine.chat if kind == "chat" else engine.complete
+            with _field("messages" if kind == "chat" else "prompt"):  # e.g. longer than the context
+                out = await anyio.to_thread.run_sync(lambda: fn(payload, **args))
+            if faults:
+                await _inject(router.slots[slot], faults, out)
+            state["outcome"] = "ok"
+        except BaseException as e:
+            if isinstance(e, Overloaded):
+                m.refused.inc()
+            if stack is not None:
+                await stack.__aexit__(type(e), e, e.__traceback__)
+                record()
             raise
-        finally:
-            if slot is not None:
-                m.requests.labels(slot, version, outcome).inc()
-                m.latency.labels(slot).observe(time.perf_counter() - t0)
-        data = completion_object(kind, model, out, f"{slot}-{version}")
-        return JSONResponse(data, headers={"x-tuneloop-slot": slot, "x-tuneloop-version": version})
+        await stack.__aexit__(None, None, None)
+        record()
+        data = completion_object(kind, model, out, f"{slot}-{state['version']}")
+        return JSONResponse(data, headers=headers)
 
     async def _inject(s, faults: dict, out) -> None:
         s._served += 1
@@ -305,7 +336,7 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
         rate = float(faults.get("error_rate") or 0.0)
         if rate and takes_turn(s._served, rate):
             raise InjectedFault(f"injected failure on slot {s.name} (error_rate {rate})")
-        if faults.get("corrupt"):
+        if faults.get("corrupt") and out is not None:
             out.text = "".join(reversed(out.text)) + " ???"
 
     @app.post("/v1/chat/completions")

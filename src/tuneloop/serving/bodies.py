@@ -125,12 +125,8 @@ def prompt(body: dict) -> str:
 
 
 def generation(body: dict, kind: str) -> dict:
-    """The engine's arguments from a chat or completion body."""
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise BadField("stream", stream, "must be true or false", "send stream=false")
-    if stream:
-        raise BadField("stream", stream, "streaming is not supported by this server yet", "send stream=false")
+    """The engine's arguments from a chat or completion body (`streaming` reads the stream fields)."""
+    streaming(body)
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, (int, float)) or n != 1):
         raise BadField("n", n, "only n=1 (one choice per request) is supported", "send n=1 or leave it out")
@@ -141,6 +137,33 @@ def generation(body: dict, kind: str) -> dict:
     return dict(max_tokens=max_tokens, temperature=0.0 if temperature < GREEDY_BELOW else temperature,
                 top_p=number(body, "top_p", 1.0, 0.0, 1.0), stop=stops(body),
                 seed=None if seed is None else number(body, "seed", 0, -2**63, 2**63 - 1, int))
+
+
+def streaming(body: dict) -> tuple[bool, bool]:
+    """(stream, include_usage) from `stream` and `stream_options` ({"include_usage": bool})."""
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadField("stream", stream, "must be true or false", "send stream=true or stream=false")
+    opts = body.get("stream_options")
+    if opts is None:
+        return bool(stream), False
+    if not stream:  # the error names stream if the body has it, else stream_options
+        if "stream" in body:
+            raise BadField("stream", stream, "stream_options is given, and it only goes with stream=true",
+                           "send stream=true or drop stream_options")
+        raise BadField("stream_options", opts, "only goes with stream=true", "send stream=true or drop "
+                       "stream_options")
+    if not isinstance(opts, dict):
+        raise BadField("stream_options", opts, 'must be an object such as {"include_usage": true}',
+                       'send {"include_usage": true} or leave it out')
+    unknown = sorted(map(str, set(opts) - {"include_usage", "include_obfuscation"}))
+    if unknown:
+        raise BadField(f"stream_options.{unknown[0]}", opts[unknown[0]], "stream_options takes include_usage "
+                       "(and include_obfuscation, which this server ignores)", "drop the other keys")
+    usage = opts.get("include_usage", False)
+    if not isinstance(usage, bool):
+        raise BadField("stream_options.include_usage", usage, "must be true or false", "send true or false")
+    return True, usage
 
 
 def model(body: dict, served_name: str) -> str:

@@ -15,8 +15,8 @@ import anyio
 
 from tuneloop.errors import TransientError, UserError
 
-DEFAULT_MAX_CONCURRENCY = 4
-DEFAULT_MAX_QUEUE = 16
+DEFAULT_MAX_CONCURRENCY = 32  # generations decode together (serving.decode): as many as a batch holds
+DEFAULT_MAX_QUEUE = 64
 
 
 class Overloaded(TransientError):

@@ -1,35 +1,31 @@
 """One loaded model that answers chat and completion requests.
 
 A model is the base with a version's adapter merged in (peft's
-`merge_and_unload`), so serving pays no adapter overhead per token. Calls are
-serialized per model by a lock: a CPU forward already uses every core, and the
-lock keeps a model's KV caches private to one request.
+`merge_and_unload`), so serving pays no adapter overhead per token. Requests
+are decoded together by the model's `DecodeLoop` (serving.decode): one
+forward per step for every active sequence, new ones joining between steps,
+at most `max_batch` at once (1: one at a time).
 
-The generation path (`_generate`) is shared with the adapter pool
-(`tuneloop.serving.adapters`): it runs whatever model `_activated` hands it,
-under whatever lock that holds, so a pooled engine only overrides the hook
-that loads and selects its adapter on the shared base.
+The adapter pool (`tuneloop.serving.adapters`) reuses this class: a pooled
+engine only overrides `_decoder`, handing its requests to its shared base's
+loop with its adapter named.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import Callable
 
 from tuneloop.errors import UserError
+from tuneloop.serving.decode import Completion, DecodeLoop, Generation
 
+__all__ = ["Completion", "Engine", "DEFAULT_MAX_BATCH"]
 
-@dataclass
-class Completion:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" | "length"
+DEFAULT_MAX_BATCH = 32
+_MADE = threading.Lock()  # making an engine's loop (not the model's lock: a step holds that)
 
 
 @dataclass
@@ -41,10 +37,13 @@ class Engine:
     tok: object
     base_model: str = ""
     loaded_at: float = field(default_factory=time.time)
+    max_batch: int = DEFAULT_MAX_BATCH
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _loop: DecodeLoop | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, version: str, base_path: str, adapter_dir: str | Path | None, base_model: str = "") -> "Engine":
+    def load(cls, version: str, base_path: str, adapter_dir: str | Path | None, base_model: str = "",
+             max_batch: int = DEFAULT_MAX_BATCH) -> "Engine":
         from tuneloop.models.base import load_model, load_tokenizer
 
         tok = load_tokenizer(base_path)
@@ -54,61 +53,59 @@ class Engine:
 
             model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
         model.eval()
-        return cls(version, model, tok, base_model or base_path)
+        return cls(version, model, tok, base_model or base_path, max_batch=max_batch)
 
     @property
     def max_context(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
-    @contextmanager
-    def _activated(self):
-        """The model to run one generation on, held exclusively until the block ends: here the merged model
-        under its lock. A pooled engine overrides this to select its adapter on a shared base."""
-        with self._lock:
-            yield self.model
+    def _decoder(self) -> DecodeLoop:
+        """The loop this engine's requests are decoded in (made on first use)."""
+        with _MADE:
+            if self._loop is None:
+                model = self.model
+                self._loop = DecodeLoop(self.tok, self._lock, lambda keys: (model, {}), max_batch=self.max_batch,
+                                        name=self.version)
+            return self._loop
 
-    def _generate(self, ids: list[int], max_tokens: int, temperature: float, top_p: float,
-                  stop: list[str], seed: int | None) -> Completion:
+    def _adapter(self):
+        """What the loop's join hook gets for this engine's requests (a pooled engine's adapter)."""
+        return None
+
+    def _start(self, ids: list[int], max_tokens: int, temperature: float, top_p: float, stop: list[str],
+               seed: int | None, strip: bool, on_delta, on_done) -> Generation:
         if max_tokens < 1:
             raise UserError(max_tokens, "max_tokens must be at least 1", "ask for 1 or more tokens")
         if len(ids) + 1 > self.max_context:
             raise UserError(f"{len(ids)} prompt tokens",
                             f"the prompt must leave room for an answer within the model's context of "
                             f"{self.max_context} tokens", "shorten the prompt")
-        max_tokens = min(max_tokens, self.max_context - len(ids))
-        eos = self.tok.eos_token_id
-        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else eos
-        kwargs = {"do_sample": False}
-        if temperature > 0:
-            kwargs = {"do_sample": True, "temperature": temperature, "top_p": top_p}
-        with self._activated() as model, torch.inference_mode():
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids),
-                                 dtype=torch.long), max_new_tokens=max_tokens, eos_token_id=eos,
-                                 pad_token_id=pad, **kwargs)
-        new = out[0, len(ids):].tolist()
-        finish = "length"
-        if eos is not None and eos in new:
-            new, finish = new[: new.index(eos)], "stop"
-        text = self.tok.decode(new, skip_special_tokens=True)
-        for s in stop:
-            k = text.find(s) if s else -1
-            if k >= 0:
-                text, finish = text[:k], "stop"
-        return Completion(text, len(ids), len(new), finish)
+        g = Generation(ids, min(max_tokens, self.max_context - len(ids)), temperature, top_p, stop, seed, strip,
+                       self._adapter(), on_delta, on_done)
+        return self._decoder().submit(g)
+
+    def start(self, kind: str, payload, max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+              stop: list[str] | None = None, seed: int | None = None,
+              on_delta: Callable[[str], None] | None = None,
+              on_done: Callable[[], None] | None = None) -> Generation:
+        """Begin answering a chat (`payload` = messages) or a completion (`payload` = prompt text); returns the
+        running Generation (`result()` waits for the answer, `cancel()` stops it). `on_delta(text)` is called
+        from the loop's thread with each new piece of the answer, `on_done()` once it has ended."""
+        if kind == "chat":
+            from tuneloop.models.chat import encode_chat
+
+            ids = encode_chat(self.tok, payload, add_generation_prompt=True)[0]
+        else:
+            bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
+            ids = bos + self.tok(payload, add_special_tokens=False)["input_ids"]
+        # a chat answer is stripped, as the evaluation scores answers
+        return self._start(ids, max_tokens, temperature, top_p, stop or [], seed, kind == "chat", on_delta,
+                           on_done)
 
     def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
              stop: list[str] | None = None, seed: int | None = None) -> Completion:
-        from tuneloop.models.chat import encode_chat
-
-        ids = encode_chat(self.tok, messages, add_generation_prompt=True)[0]
-        out = self._generate(ids, max_tokens, temperature, top_p, stop or [], seed)
-        out.text = out.text.strip()  # as the evaluation scores answers
-        return out
+        return self.start("chat", messages, max_tokens, temperature, top_p, stop, seed).result()
 
     def complete(self, prompt: str, max_tokens: int = 16, temperature: float = 0.0, top_p: float = 1.0,
                  stop: list[str] | None = None, seed: int | None = None) -> Completion:
-        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
-        ids = bos + self.tok(prompt, add_special_tokens=False)["input_ids"]
-        return self._generate(ids, max_tokens, temperature, top_p, stop or [], seed)
+        return self.start("completion", prompt, max_tokens, temperature, top_p, stop, seed).result()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 from tuneloop.serving.capacity import DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_QUEUE
+from tuneloop.serving.engine import DEFAULT_MAX_BATCH
 
 
 def initial_version(registry, explicit: str | None) -> str:
@@ -48,18 +49,21 @@ def tenant_version(loader, tenant: str, configured: str | None, explicit: str | 
 def build_app(registry_url: str | None = None, base_model: str | None = None, version: str | None = None,
               served_name: str = "tuneloop", admin_token: str | None = None, allow_faults: bool = False,
               keys_file: str | None = None, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-              max_queue: int = DEFAULT_MAX_QUEUE, host: str = "127.0.0.1", log=print):
+              max_queue: int = DEFAULT_MAX_QUEUE, host: str = "127.0.0.1", log=print,
+              max_batch: int = DEFAULT_MAX_BATCH):
     """The app `tuneloop serve` runs, its slots loaded; the keys file, when given, is read here."""
     from tuneloop.registry import open_registry
     from tuneloop.serving.app import Loader, create_app
     from tuneloop.serving.keys import KEYS_ENV, KeyRing
     from tuneloop.serving.slots import Router
     from tuneloop.serving.capacity import Admission
+    from tuneloop.serving.decode import DecodeLoop
     from tuneloop.specs import TINY_BASE
 
     Admission(max_concurrency, max_queue)  # refuse bad limits before loading any model
+    DecodeLoop.check_max_batch(max_batch)
     registry = open_registry(registry_url)
-    loader = Loader(registry, base_model or TINY_BASE)
+    loader = Loader(registry, base_model or TINY_BASE, max_batch)
     keys_file = keys_file or os.environ.get(KEYS_ENV) or None
     token = admin_token if admin_token is not None else os.environ.get("TUNELOOP_ADMIN_TOKEN") or None
     keys = KeyRing.load(keys_file) if keys_file else None
@@ -88,7 +92,8 @@ def build_app(registry_url: str | None = None, base_model: str | None = None, ve
                      max_concurrency=max_concurrency, max_queue=max_queue)
     if allow_faults:
         log("warning: fault injection is on (POST /admin/slots/{slot}/faults); for testing only")
-    log(f"capacity: {max_concurrency} generations at once, {max_queue} waiting; beyond that 429 with Retry-After")
+    log(f"capacity: {max_concurrency} generations at once (a model decodes up to {max_batch} together), "
+        f"{max_queue} waiting; beyond that 429 with Retry-After")
     return app
 
 
@@ -96,11 +101,11 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, registry_url: str | No
                base_model: str | None = None, version: str | None = None, served_name: str = "tuneloop",
                admin_token: str | None = None, drain_timeout: float = 30.0, allow_faults: bool = False,
                keys_file: str | None = None, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-               max_queue: int = DEFAULT_MAX_QUEUE, log=print) -> None:
+               max_queue: int = DEFAULT_MAX_QUEUE, log=print, max_batch: int = DEFAULT_MAX_BATCH) -> None:
     import uvicorn
 
     app = build_app(registry_url, base_model, version, served_name, admin_token, allow_faults, keys_file,
-                    max_concurrency, max_queue, host, log)
+                    max_concurrency, max_queue, host, log, max_batch)
     if app.state.router is not None:
         log(f"serving {app.state.router.live_version()} as {served_name!r} on http://{host}:{port}/v1")
     else:
