@@ -1,6 +1,7 @@
 """LoRA adapters on one shared base (serving.adapters) vs a merged model per fine-tune: load cost and memory.
 
-    .venv/bin/python bench/adapters.py [--quick] [--counts 1,4,16] [--repeats 5] [--max-tokens 32]
+    .venv/bin/python bench/adapters.py [--quick] [--counts 1,4,16,50] [--merged-max 16] [--repeats 5]
+                                       [--max-tokens 32]
 
 Two bases: the tiny base (`tuneloop/tiny-llama`, hidden 128, 2 layers) and a
 randomly initialized Llama of hidden 512, 4 layers (~15M parameters) so the
@@ -17,8 +18,15 @@ what an earlier one freed:
   full answer (`--max-tokens`, greedy) when its adapter is not loaded (cold:
   the on-demand load) and again when it is (warm).
 * merged: `Engine.load` (the base with the adapter merged in, one model per
-  fine-tune) for 1, 4, 16 models; RSS the same way; cold is `Engine.load` plus
-  the answer, warm the answer on a loaded model.
+  fine-tune) for the counts up to `--merged-max` (16: 50 merged copies of the
+  bigger base would take 3 GiB to say what the 16 already say); RSS the same
+  way; cold is `Engine.load` plus the answer, warm the answer on a loaded
+  model.
+* resident: with the most adapters loaded (50), the pool's RSS growth since
+  imports against one base as it runs alone (its RSS growth after a first
+  answer, 0 adapters) plus the adapters' measured tensor bytes; and against
+  the base's parameter bytes plus the adapters (the difference is torch's
+  working memory: kernels' scratch, threads, caches).
 
 Greedy answers of the pool and of the merged model for the same adapter must
 be equal (checked). Last line: memory per extra fine-tuned model, merged over
@@ -119,6 +127,7 @@ def child_pooled(base: str, adapters: list[str], counts: list[int], repeats: int
     pool = AdapterPool(load_base=lambda b: (load_model(base), load_tokenizer(base)))
     pool.engine("b").chat(MSG, max_tokens=1)
     mem = {"0": rss() - rss0}
+    base_bytes = sum(p.nbytes for p in pool._bases["b"].model.parameters())
     names = [(f"ft:{k}", Path(a)) for k, a in enumerate(adapters)]
     loaded, adapter_bytes = 0, {}
     for n in counts:
@@ -141,7 +150,7 @@ def child_pooled(base: str, adapters: list[str], counts: list[int], repeats: int
     for name in names[:loaded]:  # churn: freed adapter memory is reused, not added to
         pool.engine("b", name).chat(MSG, max_tokens=1)
     mem["after_reloading_all"] = rss() - rss0
-    return {"rss": mem, "adapter_bytes": adapter_bytes, "times": t, "answer": answer.text,
+    return {"rss": mem, "adapter_bytes": adapter_bytes, "base_bytes": base_bytes, "times": t, "answer": answer.text,
             "tokens": answer.completion_tokens, "stats": {k: v for k, v in pool.stats().items() if k != "adapters"}}
 
 
@@ -172,8 +181,10 @@ def child_merged(base: str, adapters: list[str], counts: list[int], repeats: int
 
 
 def run_child(mode: str, base: str, adapters: list[str], args) -> dict:
+    counts = args.counts if mode == "pooled" else ",".join(c for c in args.counts.split(",")
+                                                            if int(c) <= args.merged_max)
     cmd = [sys.executable, __file__, "--child", mode, "--base", base, "--adapters", ",".join(adapters),
-           "--counts", args.counts, "--repeats", str(args.repeats), "--max-tokens", str(args.max_tokens)]
+           "--counts", counts, "--repeats", str(args.repeats), "--max-tokens", str(args.max_tokens)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         sys.exit(f"{mode} child failed:\n{proc.stderr[-3000:]}")
@@ -191,7 +202,8 @@ def ms(xs: list[float]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 repeats")
-    ap.add_argument("--counts", default="1,4,16", help="adapters (fine-tuned models) loaded at once")
+    ap.add_argument("--counts", default="1,4,16,50", help="adapters (fine-tuned models) loaded at once")
+    ap.add_argument("--merged-max", type=int, default=16, help="merged models loaded at most (each a base copy)")
     ap.add_argument("--repeats", type=int, default=7, help="cold/warm timings per mode (median shown)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--child", choices=["pooled", "merged"], help=argparse.SUPPRESS)
@@ -213,7 +225,7 @@ def main() -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}, fp32 CPU; adapters: rank 16 on q, k, v, o (TrainingSpec defaults); "
           f"{args.repeats} cold/warm repeats, median; full answer = {args.max_tokens} tokens max, greedy")
-    ratios = {}
+    ratios, resident = {}, {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for label, base in make_bases(tmp).items():
@@ -229,17 +241,30 @@ def main() -> int:
                   f"{'pooled/model':>12} {'merged/model':>12} {'ratio':>6}")
             prev_n, prev_p, prev_m = 0, pooled["rss"]["0"], 0
             for n in counts:
-                p, m = pooled["rss"][str(n)], merged["rss"][str(n)]
-                dp, dm = (p - prev_p) / (n - prev_n), (m - prev_m) / (n - prev_n)
+                p, m = pooled["rss"][str(n)], merged["rss"].get(str(n))
+                dp = (p - prev_p) / (n - prev_n)
+                if m is None:
+                    print(f"{n:6} {mib(p):>10} {mib(pooled['adapter_bytes'][str(n)]):>12} {'-':>10} "
+                          f"{mib(dp):>12} {'-':>12} {'-':>6}")
+                    continue
+                dm = (m - prev_m) / (n - prev_n)
                 print(f"{n:6} {mib(p):>10} {mib(pooled['adapter_bytes'][str(n)]):>12} {mib(m):>10} "
                       f"{mib(dp):>12} {mib(dm):>12} {dm / dp if dp > 0 else float('inf'):6.0f}")
                 prev_n, prev_p, prev_m = n, p, m
-            n_max = counts[-1]
+            top = counts[-1]
+            base_rss, ad = pooled["rss"]["0"], pooled["adapter_bytes"][str(top)]
+            resident[label] = pooled["rss"][str(top)] / (base_rss + ad)
+            print(f"  {top} adapters resident: RSS growth {mib(pooled['rss'][str(top)]).strip()} MiB = "
+                  f"{resident[label]:.2f}x one base as it runs alone ({mib(base_rss).strip()} MiB RSS) + the "
+                  f"adapters' tensors ({mib(ad).strip()} MiB); "
+                  f"{pooled['rss'][str(top)] / (pooled['base_bytes'] + ad):.2f}x the base's parameters "
+                  f"({mib(pooled['base_bytes']).strip()} MiB) + the adapters (the rest is torch's working memory)")
+            n_max = max(int(c) for c in merged["rss"])
             per_pooled = (pooled["rss"][str(n_max)] - pooled["rss"]["0"]) / n_max
             per_merged = merged["rss"][str(n_max)] / n_max
             ratios[label] = per_merged / per_pooled
             print(f"  (MiB: RSS growth since imports; per model: growth per extra model over the previous row; "
-                  f"pooled after unloading all {n_max}: {mib(pooled['rss']['after_unloading_all']).strip()} MiB, "
+                  f"pooled after unloading all {top}: {mib(pooled['rss']['after_unloading_all']).strip()} MiB, "
                   f"after loading them again: {mib(pooled['rss']['after_reloading_all']).strip()} MiB)")
             print(f"  per fine-tuned model at {n_max}: pooled {mib(per_pooled).strip()} MiB RSS "
                   f"({mib(pooled['adapter_bytes'][str(n_max)] / n_max).strip()} MiB adapter tensors), merged "
@@ -258,7 +283,8 @@ def main() -> int:
                   f"one; warm full answer pooled/merged {med['p_warm_full'] / med['m_warm_full']:.2f}x (unmerged "
                   f"LoRA matmuls)")
     print("\nadapters: memory per extra fine-tuned model, merged over pooled: "
-          + ", ".join(f"{k} {v:.0f}x" for k, v in ratios.items()))
+          + ", ".join(f"{k} {v:.0f}x" for k, v in ratios.items()) + f"; {counts[-1]} resident over one base "
+          "(alone, RSS) + the adapters: " + ", ".join(f"{k} {v:.2f}x" for k, v in resident.items()))
     return 0
 
 

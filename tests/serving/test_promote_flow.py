@@ -32,20 +32,27 @@ def _spec(srv, demo_files, **kw):
 
 
 class Traffic:
-    """Background chat requests through the routed name; records the version that answered or the failure."""
+    """Background chat requests through the routed name; records the version that answered or the failure.
+    With `stream`, every other worker streams its answers (a stream counts as failed unless it ends with
+    [DONE] and carries no error event)."""
 
-    def __init__(self, url: str, workers: int = 2):
+    def __init__(self, url: str, workers: int = 2, stream: bool = False):
         self.url, self.results, self.stop = url, [], threading.Event()
-        self.threads = [threading.Thread(target=self._run) for _ in range(workers)]
+        self.threads = [threading.Thread(target=self._run, args=(stream and k % 2 == 0,)) for k in range(workers)]
 
-    def _run(self):
+    def _run(self, stream: bool):
+        body = {"model": "tuneloop", "max_tokens": 4, "messages": [{"role": "user", "content": "my card was declined"}]}
         with httpx.Client(base_url=self.url, timeout=60) as c:
             while not self.stop.is_set():
                 try:
-                    r = c.post("/v1/chat/completions", json={"model": "tuneloop", "max_tokens": 4, "messages": [
-                        {"role": "user", "content": "my card was declined"}]})
-                    self.results.append(r.headers.get("x-tuneloop-version") if r.status_code == 200
-                                        else f"http {r.status_code}")
+                    if stream:
+                        with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+                            text = r.read().decode()
+                        ok = r.status_code == 200 and text.rstrip().endswith("data: [DONE]") and '"error"' not in text
+                    else:
+                        r = c.post("/v1/chat/completions", json=body)
+                        ok = r.status_code == 200
+                    self.results.append(r.headers.get("x-tuneloop-version") if ok else f"http {r.status_code}")
                 except httpx.HTTPError as e:
                     self.results.append(f"failed {e}")
 
@@ -63,7 +70,7 @@ class Traffic:
 def test_blue_green_promotion_moves_traffic_and_the_alias(promote, make_server, registry, demo_files):
     srv = make_server("v1")
     registry.set_alias("production", "v1")
-    with Traffic(srv.url) as traffic:
+    with Traffic(srv.url, workers=2, stream=True) as traffic:  # one client streams, one does not
         result = promote(_spec(srv, demo_files, version="v2"))
     assert result["outcome"] == "promoted", result
     assert registry.aliases()["production"] == "v2" and result["alias_before"] == "v1"

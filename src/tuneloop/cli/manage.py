@@ -37,7 +37,8 @@ def cmd_serve(args) -> int:
 
     run_server(args.host, args.port, args.registry, args.base, args.version, args.name,
                drain_timeout=args.drain_timeout, allow_faults=args.allow_faults, keys_file=args.keys,
-               max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_batch=args.max_batch)
+               max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_batch=args.max_batch,
+               engine=args.engine, vllm_url=args.vllm_url, vllm_key=os.environ.get(args.vllm_key_env) or None)
     return 0
 
 
@@ -205,6 +206,12 @@ def add_parsers(sub) -> None:
     s.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                    help=f"sequences of one model decoded together (one forward per step for all); 1: one at a "
                         f"time (default {DEFAULT_MAX_BATCH})")
+    s.add_argument("--engine", choices=("builtin", "vllm"), default=os.environ.get("TUNELOOP_SERVING_ENGINE", "builtin"),
+                   help="builtin: models in this process; vllm: the slots are LoRA adapters loaded into the vLLM "
+                        "server at --vllm-url (default $TUNELOOP_SERVING_ENGINE, else builtin; docs/serving.md)")
+    s.add_argument("--vllm-url", default=os.environ.get("TUNELOOP_VLLM_URL"),
+                   help="the vLLM server for --engine vllm (default $TUNELOOP_VLLM_URL)")
+    s.add_argument("--vllm-key-env", default="VLLM_API_KEY", help="env var with vLLM's --api-key, if it has one")
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("deploy", help="what a server serves: status, load, switch, rollback, promote")

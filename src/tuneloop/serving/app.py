@@ -220,10 +220,13 @@ def add_error_handlers(app: FastAPI, admission: Admission) -> None:
 def create_app(router: Router | None = None, loader: Loader | None = None, served_name: str = "tuneloop",
                admin_token: str | None = None, registry=None, allow_faults: bool = False, *,
                keys: KeyRing | None = None, routers: dict[str, Router] | None = None,
-               max_concurrency: int = DEFAULT_MAX_CONCURRENCY, max_queue: int = DEFAULT_MAX_QUEUE) -> FastAPI:
+               max_concurrency: int = DEFAULT_MAX_CONCURRENCY, max_queue: int = DEFAULT_MAX_QUEUE,
+               engine_health=None, engine_metrics=None) -> FastAPI:
     """Without `keys`: one tenant (`router`), the /v1 routes open, the admin routes behind `admin_token` when set.
     With `keys`: every route but /health needs a key; each tenant has its own Router (`routers`, else empty
-    ones) and served name (the keys file's `served_name`, else `served_name`)."""
+    ones) and served name (the keys file's `served_name`, else `served_name`). `engine_health()`: a remote
+    engine's state for /health ({"ok": bool, ...}); `engine_metrics()`: its Prometheus text, appended to
+    /metrics (vLLM's)."""
     loader = loader or Loader(registry)
     admission = Admission(max_concurrency, max_queue)
     if keys is None:
@@ -370,6 +373,8 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
         else:
             ready = sum(t.router.slots[t.router.live].state == "ready" for t in tenants.values())
             deps["live_slots"] = {"ok": ready == len(tenants), "ready": ready, "tenants": len(tenants)}
+        if engine_health is not None:
+            deps["engine"] = await anyio.to_thread.run_sync(engine_health)
         if registry is not None:
             try:
                 await anyio.to_thread.run_sync(registry.aliases)
@@ -393,7 +398,8 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
         t.metrics.weight.set(st["canary"]["weight"] if st["canary"] else 0.0)
         running_g.set(admission.running)
         waiting_g.set(len(admission.waiting))
-        return PlainTextResponse(generate_latest(t.metrics.registry) + generate_latest(shared),
+        extra = (await anyio.to_thread.run_sync(engine_metrics)).encode() if engine_metrics is not None else b""
+        return PlainTextResponse(generate_latest(t.metrics.registry) + generate_latest(shared) + extra,
                                  media_type=CONTENT_TYPE_LATEST)
 
     # -- admin: each key manages its own tenant's slots ------------------------------------------------------
@@ -441,6 +447,8 @@ def add_admin_routes(app: FastAPI, admin, loader_for, read_json, allow_faults: b
             ref = vid  # load what was checked, even if an alias moves meanwhile
         with _field("slot"):
             load = loader_for(t.name)
+            if getattr(load, "takes_slot", False):  # names what it loads after the slot (vLLM's adapters)
+                load = load.for_slot(slot)
             await anyio.to_thread.run_sync(lambda: t.router.load(slot, lambda: load(ref)))  # drains: off the loop
         return _status(t)
 

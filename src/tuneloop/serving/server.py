@@ -50,12 +50,15 @@ def build_app(registry_url: str | None = None, base_model: str | None = None, ve
               served_name: str = "tuneloop", admin_token: str | None = None, allow_faults: bool = False,
               keys_file: str | None = None, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
               max_queue: int = DEFAULT_MAX_QUEUE, host: str = "127.0.0.1", log=print,
-              max_batch: int = DEFAULT_MAX_BATCH):
-    """The app `tuneloop serve` runs, its slots loaded; the keys file, when given, is read here."""
+              max_batch: int = DEFAULT_MAX_BATCH, engine: str = "builtin", vllm_url: str | None = None,
+              vllm_key: str | None = None):
+    """The app `tuneloop serve` runs, its slots loaded; the keys file, when given, is read here. `engine`:
+    "builtin" (models in this process) or "vllm" (the slots are adapters on the vLLM server at `vllm_url`)."""
     from tuneloop.registry import open_registry
     from tuneloop.serving.app import Loader, create_app
     from tuneloop.serving.keys import KEYS_ENV, KeyRing
     from tuneloop.serving.slots import Router
+    from tuneloop.errors import UserError
     from tuneloop.serving.capacity import Admission
     from tuneloop.serving.decode import DecodeLoop
     from tuneloop.specs import TINY_BASE
@@ -63,13 +66,26 @@ def build_app(registry_url: str | None = None, base_model: str | None = None, ve
     Admission(max_concurrency, max_queue)  # refuse bad limits before loading any model
     DecodeLoop.check_max_batch(max_batch)
     registry = open_registry(registry_url)
-    loader = Loader(registry, base_model or TINY_BASE, max_batch)
+    remote = {}
+    if engine == "vllm":
+        from tuneloop.serving.vllm import VllmClient, VllmLoader
+
+        if not vllm_url:
+            raise UserError("--engine vllm", "needs the vLLM server's URL", "pass --vllm-url http://HOST:PORT")
+        client = VllmClient(vllm_url, vllm_key)
+        loader = VllmLoader(registry, client, served_name)
+        remote = {"engine_health": client.health, "engine_metrics": client.metrics_text}
+        log(f"engine: vLLM at {client.base_url} (base {client.base_model()}); slots hold its LoRA adapters")
+    elif engine == "builtin":
+        loader = Loader(registry, base_model or TINY_BASE, max_batch)
+    else:
+        raise UserError(f"--engine {engine}", "the engines are builtin and vllm", "pass --engine builtin or vllm")
     keys_file = keys_file or os.environ.get(KEYS_ENV) or None
     token = admin_token if admin_token is not None else os.environ.get("TUNELOOP_ADMIN_TOKEN") or None
     keys = KeyRing.load(keys_file) if keys_file else None
     routers = {}
     if keys is None:
-        router = Router()
+        router = Router(unload_on_rollback=bool(remote))
         ref = initial_version(registry, version)
         log(f"loading {ref} into the blue slot")
         router.load("blue", lambda: loader(ref))
@@ -86,10 +102,10 @@ def build_app(registry_url: str | None = None, base_model: str | None = None, ve
             cfg = keys.config.get(t)
             ref = tenant_version(loader, t, cfg.version if cfg else None, version)
             log(f"tenant {t}: loading {ref} into the blue slot")
-            routers[t] = Router()
+            routers[t] = Router(unload_on_rollback=bool(remote))
             routers[t].load("blue", lambda ref=ref: loader(ref))
     app = create_app(router, loader, served_name, token, registry, allow_faults, keys=keys, routers=routers,
-                     max_concurrency=max_concurrency, max_queue=max_queue)
+                     max_concurrency=max_concurrency, max_queue=max_queue, **remote)
     if allow_faults:
         log("warning: fault injection is on (POST /admin/slots/{slot}/faults); for testing only")
     log(f"capacity: {max_concurrency} generations at once (a model decodes up to {max_batch} together), "
@@ -101,11 +117,12 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, registry_url: str | No
                base_model: str | None = None, version: str | None = None, served_name: str = "tuneloop",
                admin_token: str | None = None, drain_timeout: float = 30.0, allow_faults: bool = False,
                keys_file: str | None = None, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-               max_queue: int = DEFAULT_MAX_QUEUE, log=print, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+               max_queue: int = DEFAULT_MAX_QUEUE, log=print, max_batch: int = DEFAULT_MAX_BATCH,
+               engine: str = "builtin", vllm_url: str | None = None, vllm_key: str | None = None) -> None:
     import uvicorn
 
     app = build_app(registry_url, base_model, version, served_name, admin_token, allow_faults, keys_file,
-                    max_concurrency, max_queue, host, log, max_batch)
+                    max_concurrency, max_queue, host, log, max_batch, engine, vllm_url, vllm_key)
     if app.state.router is not None:
         log(f"serving {app.state.router.live_version()} as {served_name!r} on http://{host}:{port}/v1")
     else:

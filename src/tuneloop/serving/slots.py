@@ -96,7 +96,10 @@ class Slot:
 class Router:
     """Which slot answers a request; thread-safe."""
 
-    def __init__(self, canary_seed: int = 0):
+    def __init__(self, canary_seed: int = 0, unload_on_rollback: bool = False):
+        """`unload_on_rollback`: a rollback also unloads the slot it rolled back from (an engine whose
+        loaded candidate costs its server memory, such as vLLM's adapters)."""
+        self.unload_on_rollback = unload_on_rollback
         self.slots = {s: Slot(s) for s in SLOTS}
         self.live = "blue"
         self.previous: str | None = None
@@ -151,12 +154,13 @@ class Router:
     def finish_load(self, slot: str, engine: Engine | None, error: str | None = None) -> None:
         with self._lock:
             s = self.slots[slot]
-            s.engine, s.error = engine, error
+            old, s.engine, s.error = s.engine, engine, error
             s.state = "ready" if engine else "empty"
             s.records.clear()
             s.faults = {}
             self._event("loaded" if engine else "load-failed", slot=slot,
                         version=engine.version if engine else None, error=error)
+        _release(old, engine)
 
     def _drain(self, slot: str, timeout: float = 300.0) -> bool:
         """Wait until no request is in flight on the slot."""
@@ -179,8 +183,9 @@ class Router:
         drained = self._drain(slot, timeout)
         with self._lock:
             s = self.slots[slot]
-            s.engine, s.state = None, "empty"
+            old, s.engine, s.state = s.engine, None, "empty"
             self._event("unloaded", slot=slot, drained=drained)
+        _release(old, None)
         return drained
 
     # -- routing -------------------------------------------------------------
@@ -219,12 +224,26 @@ class Router:
                 self.canary = None
                 self._event("rollback", ended_canary=slot)
             elif self.previous and self.slots[self.previous].engine is not None:
+                slot = self.live
                 self.live, self.previous = self.previous, self.live
                 self._event("rollback", live=self.live, version=self.slots[self.live].engine.version)
             else:
                 raise UserError("rollback", "there is no canary and no warm previous slot to go back to",
                                 "load the version you want into the idle slot and switch to it")
+            if self.unload_on_rollback:  # drains, so not here: the caller may be the event loop
+                self.slots[slot].state = "draining"
+                threading.Thread(target=self._unload_rolled_back, args=(slot,), daemon=True).start()
         return self.status()
+
+    def _unload_rolled_back(self, slot: str) -> None:
+        drained = self._drain(slot)
+        with self._lock:
+            s = self.slots[slot]
+            if s.state != "draining":  # a load into it began meanwhile: that load replaces it
+                return
+            old, s.engine, s.state = s.engine, None, "empty"
+            self._event("unloaded", slot=slot, drained=drained, after="rollback")
+        _release(old, None)
 
     def _pinned(self, model: str, served_name: str) -> str | None:
         for n, s in self.slots.items():
@@ -276,6 +295,17 @@ class Router:
                 while s.records and s.records[0].at < now - WINDOW_S:
                     s.records.popleft()
                 self._lock.notify_all()
+
+
+def _release(old, new) -> None:
+    """Let a slot's previous engine free what it holds elsewhere (a vLLM adapter), if it has a `release`."""
+    if old is not None and old is not new and hasattr(old, "release"):
+        try:
+            old.release()
+        except Exception as e:  # the slot has moved on either way; the event log says what was left behind
+            import logging
+
+            logging.getLogger(__name__).warning(f"releasing {old.version} failed: {type(e).__name__}: {e}")
 
 
 __all__ = ["SLOTS", "Router", "Slot", "UnknownModel", "other", "quantile"]
