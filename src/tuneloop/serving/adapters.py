@@ -193,8 +193,14 @@ class AdapterPool:
 
     @staticmethod
     def _model_for(base: _Base, keys: list) -> tuple:
+        """Under the base's lock. Every row on one adapter: that adapter made active (peft's plain LoRA
+        forward); else peft's mixed batch, each row naming its adapter (BASE_ROW for none)."""
         if base.peft is None or not base.peft.peft_config:  # no adapter attached (yet, or any more)
             return base.model, {}
+        if keys[0] is not None and all(k == keys[0] for k in keys):
+            if base.peft.active_adapter != keys[0]:
+                base.peft.set_adapter(keys[0], inference_mode=True)
+            return base.peft, {}
         return base.peft, {"adapter_names": [k or BASE_ROW for k in keys]}
 
     def _join(self, base: _Base, g) -> str | None:
