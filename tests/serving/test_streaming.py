@@ -68,8 +68,8 @@ def test_concurrent_requests_decode_in_one_batch_with_one_at_a_time_answers(make
     qs = _questions(demo_files, 16)
     alone = [c.chat.completions.create(model="tuneloop", messages=m, max_tokens=16, temperature=0)
              .choices[0].message.content for m in qs]
-    engine = srv.server.config.app.state.router.slots["blue"].engine
-    before = dict(engine._loop.counts)
+    loop = srv.server.config.app.state.router.slots["blue"].engine._decoder()
+    before = dict(loop.counts)
 
     def ask(i):
         if i % 2:
@@ -80,7 +80,7 @@ def test_concurrent_requests_decode_in_one_batch_with_one_at_a_time_answers(make
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(ask, range(len(qs))))
     assert together == alone
-    counts = engine._loop.counts
+    counts = loop.counts
     assert counts["max_rows"] >= 2, counts  # some requests shared a forward
     assert counts["steps"] - before["steps"] < counts["tokens"] - before["tokens"]
 

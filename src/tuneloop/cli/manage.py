@@ -38,7 +38,8 @@ def cmd_serve(args) -> int:
     run_server(args.host, args.port, args.registry, args.base, args.version, args.name,
                drain_timeout=args.drain_timeout, allow_faults=args.allow_faults, keys_file=args.keys,
                max_concurrency=args.max_concurrency, max_queue=args.max_queue, max_batch=args.max_batch,
-               engine=args.engine, vllm_url=args.vllm_url, vllm_key=os.environ.get(args.vllm_key_env) or None)
+               engine=args.engine, vllm_url=args.vllm_url, vllm_key=os.environ.get(args.vllm_key_env) or None,
+               adapter_budget_mb=args.adapter_budget_mb)
     return 0
 
 
@@ -212,6 +213,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--vllm-url", default=os.environ.get("TUNELOOP_VLLM_URL"),
                    help="the vLLM server for --engine vllm (default $TUNELOOP_VLLM_URL)")
     s.add_argument("--vllm-key-env", default="VLLM_API_KEY", help="env var with vLLM's --api-key, if it has one")
+    s.add_argument("--adapter-budget-mb", type=float, default=512.0,
+                   help="memory for the slots' adapters on their shared base; the least recently used are "
+                        "unloaded beyond it (default 512)")
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("deploy", help="what a server serves: status, load, switch, rollback, promote")

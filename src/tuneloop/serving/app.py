@@ -51,6 +51,7 @@ import time
 import uuid
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -73,12 +74,19 @@ _VERSION_REF = re.compile(r"v[1-9]\d{0,8}")
 
 
 class Loader:
-    """Turns a version reference into an Engine: "base" for the bare base model, else a registry ref."""
+    """Turns a version reference into an Engine: "base" for the bare base model, else a registry ref.
 
-    def __init__(self, registry=None, base_model: str | None = None, max_batch: int = DEFAULT_MAX_BATCH):
+    Every version is an adapter on one shared copy of its base (`pool`, an AdapterPool): blue and green, and
+    each tenant's slots, cost an adapter's memory each, not a model's. Requests to the slots of one base
+    decode in one batch."""
+
+    def __init__(self, registry=None, base_model: str | None = None, max_batch: int = DEFAULT_MAX_BATCH,
+                 pool=None):
+        from tuneloop.serving.adapters import AdapterPool
+
         self.registry = registry
         self.base_model = base_model
-        self.max_batch = max_batch
+        self.pool = pool if pool is not None else AdapterPool(max_batch=max_batch)
 
     def owner(self, ref: str) -> tuple[str, str]:
         """(version id, tenant) of a registry ref: the manifest's `tenant`, else "default"."""
@@ -88,21 +96,19 @@ class Loader:
         return v.id, v.manifest.get("tenant") or DEFAULT_TENANT
 
     def __call__(self, ref: str) -> Engine:
-        from tuneloop.models.base import resolve_base_model
-        from tuneloop.settings import get_settings
+        import dataclasses
 
-        models = get_settings().models_dir
         if ref == "base":
             if not self.base_model:
                 raise UserError(ref, "serving the bare base needs a base model", "start the server with --base")
-            return Engine.load("base", resolve_base_model(self.base_model, models, log=lambda m: None), None,
-                               self.base_model, self.max_batch)
+            return self.pool.engine(self.base_model)
         if self.registry is None:
             raise UserError(ref, "loading a version needs a registry", "start the server with --registry")
         v = self.registry.get(ref)
         adapter = self.registry.adapter_for(v.id)  # sha256 of every file checked (and fetched from S3) first
-        base = v.manifest["base_model"]
-        return Engine.load(v.id, resolve_base_model(base, models, log=lambda m: None), adapter, base, self.max_batch)
+        tenant = v.manifest.get("tenant") or DEFAULT_TENANT
+        engine = self.pool.engine(v.manifest["base_model"], (f"{tenant}:{v.id}", Path(adapter)))
+        return dataclasses.replace(engine, version=v.id)  # the slot shows (and pins by) the registry's id
 
 
 class Denied(TuneloopError):

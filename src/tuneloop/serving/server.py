@@ -51,7 +51,7 @@ def build_app(registry_url: str | None = None, base_model: str | None = None, ve
               keys_file: str | None = None, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
               max_queue: int = DEFAULT_MAX_QUEUE, host: str = "127.0.0.1", log=print,
               max_batch: int = DEFAULT_MAX_BATCH, engine: str = "builtin", vllm_url: str | None = None,
-              vllm_key: str | None = None):
+              vllm_key: str | None = None, adapter_budget_mb: float = 512.0):
     """The app `tuneloop serve` runs, its slots loaded; the keys file, when given, is read here. `engine`:
     "builtin" (models in this process) or "vllm" (the slots are adapters on the vLLM server at `vllm_url`)."""
     from tuneloop.registry import open_registry
@@ -77,7 +77,10 @@ def build_app(registry_url: str | None = None, base_model: str | None = None, ve
         remote = {"engine_health": client.health, "engine_metrics": client.metrics_text}
         log(f"engine: vLLM at {client.base_url} (base {client.base_model()}); slots hold its LoRA adapters")
     elif engine == "builtin":
-        loader = Loader(registry, base_model or TINY_BASE, max_batch)
+        from tuneloop.serving.adapters import AdapterPool
+
+        loader = Loader(registry, base_model or TINY_BASE, pool=AdapterPool(int(adapter_budget_mb * 2**20),
+                                                                            max_batch=max_batch))
     else:
         raise UserError(f"--engine {engine}", "the engines are builtin and vllm", "pass --engine builtin or vllm")
     keys_file = keys_file or os.environ.get(KEYS_ENV) or None
@@ -118,11 +121,13 @@ def run_server(host: str = "127.0.0.1", port: int = 8000, registry_url: str | No
                admin_token: str | None = None, drain_timeout: float = 30.0, allow_faults: bool = False,
                keys_file: str | None = None, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
                max_queue: int = DEFAULT_MAX_QUEUE, log=print, max_batch: int = DEFAULT_MAX_BATCH,
-               engine: str = "builtin", vllm_url: str | None = None, vllm_key: str | None = None) -> None:
+               engine: str = "builtin", vllm_url: str | None = None, vllm_key: str | None = None,
+               adapter_budget_mb: float = 512.0) -> None:
     import uvicorn
 
     app = build_app(registry_url, base_model, version, served_name, admin_token, allow_faults, keys_file,
-                    max_concurrency, max_queue, host, log, max_batch, engine, vllm_url, vllm_key)
+                    max_concurrency, max_queue, host, log, max_batch, engine, vllm_url, vllm_key,
+                    adapter_budget_mb)
     if app.state.router is not None:
         log(f"serving {app.state.router.live_version()} as {served_name!r} on http://{host}:{port}/v1")
     else:
