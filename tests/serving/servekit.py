@@ -4,6 +4,8 @@ fuzz tally printed at the end of the run."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import Counter
 
 import pytest
@@ -59,3 +61,22 @@ def fuzz_tally(request) -> FuzzTally:
     tally = FuzzTally()
     request.config.pluginmanager.register(tally, "tuneloop-serving-fuzz-tally")
     return tally
+
+
+def fault_on_canary(url: str, faults: dict) -> threading.Thread:
+    """A started thread that injects `faults` into the canary slot of the server at `url` as soon as a canary
+    begins (the candidate turns bad once it takes traffic); join it after the promotion."""
+    import httpx
+
+    def inject():
+        with httpx.Client(base_url=url) as c:
+            for _ in range(600):
+                st = c.get("/admin/status").json()
+                if st["canary"]:
+                    c.post(f"/admin/slots/{st['canary']['slot']}/faults", json=faults).raise_for_status()
+                    return
+                time.sleep(0.02)
+
+    t = threading.Thread(target=inject)
+    t.start()
+    return t

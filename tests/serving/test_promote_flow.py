@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from servekit import fault_on_canary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,17 +88,7 @@ def test_canary_with_a_bad_model_rolls_back_and_aliases_stay(promote, make_serve
     before = registry.aliases()
     spec = _spec(srv, demo_files, version="v2", mode="canary", step_seconds=1.5)
 
-    def inject():  # the candidate turns bad once it takes canary traffic
-        with httpx.Client(base_url=srv.url) as c:
-            for _ in range(600):
-                st = c.get("/admin/status").json()
-                if st["canary"]:
-                    c.post(f"/admin/slots/{st['canary']['slot']}/faults", json={"corrupt": True}).raise_for_status()
-                    return
-                time.sleep(0.02)
-
-    t = threading.Thread(target=inject)
-    t.start()
+    t = fault_on_canary(srv.url, {"corrupt": True})
     with Traffic(srv.url) as traffic:
         result = promote(spec)
     t.join(30)
@@ -113,17 +104,7 @@ def test_canary_rolls_back_on_errors_under_traffic(promote, make_server, registr
     srv = make_server("v1")
     spec = _spec(srv, demo_files, version="v2", mode="canary", step_seconds=1.5, max_error_rate=0.05)
 
-    def inject():
-        with httpx.Client(base_url=srv.url) as c:
-            for _ in range(600):
-                st = c.get("/admin/status").json()
-                if st["canary"]:
-                    c.post(f"/admin/slots/{st['canary']['slot']}/faults", json={"error_rate": 0.5})
-                    return
-                time.sleep(0.02)
-
-    t = threading.Thread(target=inject)
-    t.start()
+    t = fault_on_canary(srv.url, {"error_rate": 0.5})
     with Traffic(srv.url):
         result = promote(spec)
     t.join(30)

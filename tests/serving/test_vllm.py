@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from fakes.vllm_server import FakeVllm
+from servekit import fault_on_canary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,17 +111,7 @@ def test_a_canary_breach_rolls_back_and_unloads_the_candidate_from_vllm(promote,
     registry.set_alias("production", "v1")
     spec = _spec(gateway, demo_files, version="v2", mode="canary", step_seconds=1.5)
 
-    def inject():  # the candidate turns bad once it takes canary traffic
-        with httpx.Client(base_url=gateway.url) as c:
-            for _ in range(600):
-                st = c.get("/admin/status").json()
-                if st["canary"]:
-                    c.post(f"/admin/slots/{st['canary']['slot']}/faults", json={"corrupt": True}).raise_for_status()
-                    return
-                time.sleep(0.02)
-
-    t = threading.Thread(target=inject)
-    t.start()
+    t = fault_on_canary(gateway.url, {"corrupt": True})
     result = promote(spec)
     t.join(30)
     assert result["outcome"] == "rolled-back" and "smoke accuracy" in result["reason"], result

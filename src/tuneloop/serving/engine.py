@@ -28,8 +28,20 @@ DEFAULT_MAX_BATCH = 32
 _MADE = threading.Lock()  # making an engine's loop (not the model's lock: a step holds that)
 
 
+class Answers:
+    """`chat` and `complete` for anything whose `start(kind, payload, ...)` returns a Generation."""
+
+    def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
+             stop: list[str] | None = None, seed: int | None = None) -> Completion:
+        return self.start("chat", messages, max_tokens, temperature, top_p, stop, seed).result()
+
+    def complete(self, prompt: str, max_tokens: int = 16, temperature: float = 0.0, top_p: float = 1.0,
+                 stop: list[str] | None = None, seed: int | None = None) -> Completion:
+        return self.start("completion", prompt, max_tokens, temperature, top_p, stop, seed).result()
+
+
 @dataclass
-class Engine:
+class Engine(Answers):
     """A tokenizer and a model ready to generate; `version` names what it serves (e.g. "v3" or "base")."""
 
     version: str
@@ -101,11 +113,3 @@ class Engine:
         # a chat answer is stripped, as the evaluation scores answers
         return self._start(ids, max_tokens, temperature, top_p, stop or [], seed, kind == "chat", on_delta,
                            on_done)
-
-    def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-             stop: list[str] | None = None, seed: int | None = None) -> Completion:
-        return self.start("chat", messages, max_tokens, temperature, top_p, stop, seed).result()
-
-    def complete(self, prompt: str, max_tokens: int = 16, temperature: float = 0.0, top_p: float = 1.0,
-                 stop: list[str] | None = None, seed: int | None = None) -> Completion:
-        return self.start("completion", prompt, max_tokens, temperature, top_p, stop, seed).result()

@@ -40,6 +40,7 @@ import httpx
 from tuneloop.errors import TuneloopError, UserError
 from tuneloop.runtime.http import HttpClient
 from tuneloop.serving.decode import Cancelled, Completion, Generation
+from tuneloop.serving.engine import Answers
 
 class VllmError(TuneloopError):
     """vLLM refused or failed a call."""
@@ -214,7 +215,7 @@ def _message_of(chunk: dict) -> str:
 
 
 @dataclass
-class VllmEngine:
+class VllmEngine(Answers):
     """A slot's model on vLLM: the base, or an adapter loaded under `lora_name`."""
 
     version: str
@@ -235,14 +236,6 @@ class VllmEngine:
             raise UserError(max_tokens, "max_tokens must be at least 1", "ask for 1 or more tokens")
         return RemoteGeneration(self.client, self.model_name, kind, payload, max_tokens, temperature, top_p,
                                 stop or [], seed, on_delta, on_done)
-
-    def chat(self, messages: list[dict], max_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0,
-             stop: list[str] | None = None, seed: int | None = None) -> Completion:
-        return self.start("chat", messages, max_tokens, temperature, top_p, stop, seed).result()
-
-    def complete(self, prompt: str, max_tokens: int = 16, temperature: float = 0.0, top_p: float = 1.0,
-                 stop: list[str] | None = None, seed: int | None = None) -> Completion:
-        return self.start("completion", prompt, max_tokens, temperature, top_p, stop, seed).result()
 
     def release(self) -> None:
         """The slot let go of this engine: unload its adapter from vLLM (unless loaded again since)."""
