@@ -14,9 +14,7 @@ an admin call, changes it.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
-from pathlib import Path
 
 from tuneloop.errors import UserError
 from tuneloop.serving.app import Metrics, Tenant
@@ -40,10 +38,7 @@ class VersionLoader:
     def __call__(self, ref: str):
         if ref == "base":
             return self.pool.engine(self.base)
-        v = self.registry.get(ref)
-        folder = Path(self.registry.adapter_for(v.id))  # every file's sha256 checked here, once per load
-        engine = self.pool.engine(v.manifest["base_model"], (f"{self.tenant}:{v.id}", folder))
-        return dataclasses.replace(engine, version=v.id)  # the slot shows (and pins by) the registry's id
+        return self.pool.version_engine(self.registry, ref, self.tenant)
 
 
 class TenantSlots:

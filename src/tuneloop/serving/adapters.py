@@ -136,6 +136,17 @@ class AdapterPool:
                             base_model=base_id, max_batch=self.max_batch, _lock=base.lock, pool=self, base=base,
                             adapter=adapter)
 
+    def version_engine(self, registry, ref: str, tenant: str | None = None) -> PooledEngine:
+        """An engine for registry version `ref` (its adapter, every file's sha256 checked first, on its
+        manifest's base), named `<tenant>:<id>` in the pool; `tenant` None: the manifest's, else "default"."""
+        import dataclasses
+
+        v = registry.get(ref)
+        folder = Path(registry.adapter_for(v.id))
+        tenant = tenant or v.manifest.get("tenant") or "default"
+        engine = self.engine(v.manifest["base_model"], (f"{tenant}:{v.id}", folder))
+        return dataclasses.replace(engine, version=v.id)  # the slot shows (and pins by) the registry's id
+
     def stats(self) -> dict:
         with self._mu:
             return {

@@ -51,7 +51,6 @@ import time
 import uuid
 from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -96,19 +95,13 @@ class Loader:
         return v.id, v.manifest.get("tenant") or DEFAULT_TENANT
 
     def __call__(self, ref: str) -> Engine:
-        import dataclasses
-
         if ref == "base":
             if not self.base_model:
                 raise UserError(ref, "serving the bare base needs a base model", "start the server with --base")
             return self.pool.engine(self.base_model)
         if self.registry is None:
             raise UserError(ref, "loading a version needs a registry", "start the server with --registry")
-        v = self.registry.get(ref)
-        adapter = self.registry.adapter_for(v.id)  # sha256 of every file checked (and fetched from S3) first
-        tenant = v.manifest.get("tenant") or DEFAULT_TENANT
-        engine = self.pool.engine(v.manifest["base_model"], (f"{tenant}:{v.id}", Path(adapter)))
-        return dataclasses.replace(engine, version=v.id)  # the slot shows (and pins by) the registry's id
+        return self.pool.version_engine(self.registry, ref)
 
 
 class Denied(TuneloopError):
@@ -317,7 +310,7 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
                     response = await streaming.respond(
                         stack, engine, kind, payload, args, model=model, include_usage=include_usage,
                         headers=headers, fingerprint=f"{slot}-{engine.version}", on_end=ended,
-                        edit=(lambda piece: "".join(reversed(piece)) + " ???") if faults.get("corrupt") else None)
+                        edit=_corrupt if faults.get("corrupt") else None)
                 stack = None  # the response closes it when the stream ends
                 return response
             fn = engine.chat if kind == "chat" else engine.complete
@@ -346,7 +339,7 @@ def create_app(router: Router | None = None, loader: Loader | None = None, serve
         if rate and takes_turn(s._served, rate):
             raise InjectedFault(f"injected failure on slot {s.name} (error_rate {rate})")
         if faults.get("corrupt") and out is not None:
-            out.text = "".join(reversed(out.text)) + " ???"
+            out.text = _corrupt(out.text)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -505,6 +498,11 @@ def add_admin_routes(app: FastAPI, admin, loader_for, read_json, allow_faults: b
         t = admin(request)
         t.router.rollback()
         return _status(t)
+
+
+def _corrupt(text: str) -> str:
+    """What a slot with the `corrupt` fault answers instead of `text` (each piece, when streamed)."""
+    return "".join(reversed(text)) + " ???"
 
 
 def completion_object(kind: str, model: str, out, fingerprint: str | None = None) -> dict[str, Any]:

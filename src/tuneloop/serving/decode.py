@@ -29,6 +29,7 @@ always join up to the final answer.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import threading
 import time
@@ -337,7 +338,12 @@ class DecodeLoop:
 def _cache_arg(model) -> str:
     """The forward argument that takes the KV cache: `cache` in transformers 5.x, `past_key_values` before."""
     hf = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(hf).forward).parameters else "past_key_values"
+    return _cache_arg_of(type(hf))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_arg_of(cls: type) -> str:  # once per model class, not per step
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def _kv(out) -> list[tuple[torch.Tensor, torch.Tensor]]:
